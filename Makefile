@@ -1,0 +1,35 @@
+# siglip-lightning: `make help` lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Nothing here needs the network beyond pip: keep Hugging Face libraries offline.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: help install train test test-slow test-all clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with its test extras
+
+train: $(STAMP)  ## install, make the built-in data, train the quickstart model on CPU (runs/quickstart)
+	$(OFFLINE) $(VENV)/bin/siglip-lightning fit --config configs/quickstart.yaml
+
+test: $(STAMP)  ## install and run the default test suite (no slow tests, no network)
+	$(OFFLINE) $(PY) -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)  ## the slow tests only
+	$(OFFLINE) $(PY) -m pytest -m slow -q
+
+test-all: $(STAMP)  ## every test
+	$(OFFLINE) $(PY) -m pytest -q
+
+clean:  ## remove runs and caches (not .venv)
+	rm -rf runs lightning_logs .pytest_cache

@@ -1,0 +1,3 @@
+from siglip_lightning.cli import main
+
+main()

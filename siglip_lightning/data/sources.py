@@ -1,0 +1,93 @@
+"""Open any image-text source as a streaming Hugging Face dataset, with errors that name the problem.
+
+A source is a Hub dataset name, a local folder (parquet / imagefolder / webdataset / json / csv,
+splits inferred from file names by ``datasets``), a file or a glob of files. The built-in data is
+just a local parquet folder.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import datasets
+
+from siglip_lightning.errors import UserInputError
+
+IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
+TEXT_COLUMNS = ("text", "caption", "txt", "captions", "sentences", "sentence", "title")
+_BUILDER_BY_SUFFIX = {".parquet": "parquet", ".tar": "webdataset", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def _looks_local(path: str) -> bool:
+    """A path or glob rather than a Hub name ("org/name")."""
+    return (
+        os.path.exists(path)
+        or path.startswith((".", "/", "~"))
+        or any(ch in path for ch in "*?[")
+        or Path(path).suffix in _BUILDER_BY_SUFFIX
+    )
+
+
+def open_splits(path: str) -> Dict[str, datasets.IterableDataset]:
+    """All splits of ``path`` as streaming datasets, keyed by split name."""
+    expanded = os.path.expanduser(path)
+    try:
+        if os.path.isdir(expanded):
+            loaded = datasets.load_dataset(expanded, streaming=True)
+        elif _looks_local(expanded):
+            files = sorted(glob.glob(expanded))
+            if not files:
+                raise UserInputError(f"data path not found: {path!r} (no file or folder matches it)")
+            suffixes = {Path(f).suffix for f in files}
+            builders = {_BUILDER_BY_SUFFIX.get(s) for s in suffixes}
+            if len(builders) != 1 or None in builders:
+                raise UserInputError(
+                    f"cannot tell the format of {path!r}: file types {sorted(suffixes)}; expected one of "
+                    f"{sorted(_BUILDER_BY_SUFFIX)} or a folder"
+                )
+            loaded = datasets.load_dataset(builders.pop(), data_files={"train": files}, streaming=True)
+        else:
+            loaded = datasets.load_dataset(path, streaming=True)
+    except UserInputError:
+        raise
+    except FileNotFoundError as err:
+        raise UserInputError(f"data path not found: {path!r} ({err})") from err
+    except (datasets.exceptions.DatasetNotFoundError, ConnectionError, OSError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE is set, so the Hub is not asked)" if offline else ""
+        raise UserInputError(
+            f"data path not found: {path!r} is neither a local file/folder nor a reachable Hub dataset{hint}: {err}"
+        ) from err
+    except ValueError as err:
+        raise UserInputError(f"cannot read the dataset at {path!r}: {err}") from err
+    if isinstance(loaded, datasets.IterableDataset):
+        loaded = {"train": loaded}
+    return dict(loaded)
+
+
+def column_names(stream: datasets.IterableDataset) -> List[str]:
+    """Column names, from the features when known, else from the first example."""
+    if stream.features is not None:
+        return list(stream.features)
+    try:
+        return list(next(iter(stream)).keys())
+    except StopIteration:
+        raise UserInputError("the dataset is empty: no example to read") from None
+
+
+def pick_column(available: Iterable[str], wanted: Optional[str], candidates: Iterable[str], role: str, key: str) -> str:
+    """The column to use for ``role`` (image/text): the one named, else the first known default."""
+    available = list(available)
+    if wanted is not None:
+        if wanted not in available:
+            raise UserInputError(f"{role} column {wanted!r} not found ({key}); the dataset has columns {available}")
+        return wanted
+    for name in candidates:
+        if name in available:
+            return name
+    raise UserInputError(
+        f"no {role} column found: the dataset has columns {available}; none of the defaults "
+        f"{list(candidates)} is there, so set {key}"
+    )

@@ -1,0 +1,336 @@
+"""The built-in dataset: procedural coloured shapes with captions, written as parquet shards.
+
+Each image holds 1..max_objects shapes of several colours, kinds and sizes at several positions;
+its caption describes them in words ("a small red circle left of a large blue square"), so there
+are tens of thousands of distinct captions and in-batch false negatives are rare. A held-out
+zero-shot set (one object per image, class = colour x shape) comes with class names and prompt
+templates. Everything is a pure function of the :class:`ShapesSpec` (seed included).
+
+The files are read back through the same ``datasets`` streaming path as any user dataset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "cyan": (40, 210, 220),
+    "pink": (245, 130, 190),
+    "brown": (130, 80, 40),
+}
+SHAPES = ["circle", "square", "triangle", "diamond", "cross", "hexagon", "star", "ring"]
+SIZES = {"small": 0.16, "large": 0.30}  # radius as a fraction of the image side
+RELATIONS = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1), "below": (0, 1)}
+PLACES = {
+    "in the middle": (0.5, 0.5),
+    "in the top left": (0.3, 0.3),
+    "in the top right": (0.7, 0.3),
+    "in the bottom left": (0.3, 0.7),
+    "in the bottom right": (0.7, 0.7),
+}
+_COUNT_WEIGHTS = {1: [1.0], 2: [0.25, 0.75], 3: [0.2, 0.5, 0.3]}
+ZEROSHOT_TEMPLATES = ["a {}", "a small {}", "a large {}", "a {} in the middle", "a large {} in the middle"]
+SPLITS = ("train", "validation")
+
+
+@dataclass
+class ShapesSpec:
+    """Knobs of the built-in shapes dataset.
+
+    Args:
+        num_train: training pairs.
+        num_validation: validation pairs.
+        zeroshot_per_class: held-out single-object images per colour x shape class.
+        image_size: stored image side in pixels (the datamodule resizes to the model's).
+        num_colors: how many colours are used (difficulty), at most 10.
+        num_shapes: how many shape kinds are used (difficulty), at most 8.
+        max_objects: objects per image are drawn uniformly from 1..max_objects (at most 3).
+        caption_noise: fraction of training captions that are wrong: half replaced by the caption
+            of an unrelated scene, half with one attribute changed (mimics noisy web pairs).
+        num_shards: parquet shards of the training split (for node / worker sharding).
+        seed: makes the whole dataset reproducible.
+    """
+
+    num_train: int = 50_000
+    num_validation: int = 2_000
+    zeroshot_per_class: int = 20
+    image_size: int = 64
+    num_colors: int = 8
+    num_shapes: int = 6
+    max_objects: int = 2
+    caption_noise: float = 0.0
+    num_shards: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_colors <= len(COLORS):
+            raise ValueError(f"num_colors must be in 1..{len(COLORS)}, got {self.num_colors}")
+        if not 1 <= self.num_shapes <= len(SHAPES):
+            raise ValueError(f"num_shapes must be in 1..{len(SHAPES)}, got {self.num_shapes}")
+        if not 1 <= self.max_objects <= 3:
+            raise ValueError(f"max_objects must be in 1..3, got {self.max_objects}")
+        if not 0.0 <= self.caption_noise <= 1.0:
+            raise ValueError(f"caption_noise must be in [0, 1], got {self.caption_noise}")
+
+    @property
+    def colors(self) -> List[str]:
+        return list(COLORS)[: self.num_colors]
+
+    @property
+    def shapes(self) -> List[str]:
+        return SHAPES[: self.num_shapes]
+
+    @property
+    def class_names(self) -> List[str]:
+        return [f"{c} {s}" for c in self.colors for s in self.shapes]
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class _Object:
+    color: str
+    shape: str
+    size: str
+    cx: float  # centre, in [0, 1]
+    cy: float
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: _Object, side: int) -> None:
+    r = SIZES[obj.size] * side
+    cx, cy = obj.cx * side, obj.cy * side
+    fill = COLORS[obj.color]
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if obj.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif obj.shape == "square":
+        s = r * 0.85
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    elif obj.shape == "triangle":
+        draw.regular_polygon((cx, cy, r), 3, fill=fill)
+    elif obj.shape == "diamond":
+        draw.regular_polygon((cx, cy, r), 4, fill=fill)
+    elif obj.shape == "hexagon":
+        draw.regular_polygon((cx, cy, r), 6, fill=fill)
+    elif obj.shape == "cross":
+        w = r * 0.35
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
+    elif obj.shape == "star":
+        points = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else r * 0.45
+            angle = -math.pi / 2 + k * math.pi / 5
+            points.append((cx + rad * math.cos(angle), cy + rad * math.sin(angle)))
+        draw.polygon(points, fill=fill)
+    elif obj.shape == "ring":
+        draw.ellipse(box, outline=fill, width=max(2, int(r * 0.4)))
+    else:  # pragma: no cover - SHAPES lists every kind drawn above
+        raise ValueError(obj.shape)
+
+
+def _render(objects: List[_Object], side: int, rng: np.random.Generator) -> bytes:
+    """Draw at 4x and downsample (anti-aliasing), on a random dark background; return PNG bytes."""
+    big = side * 4
+    background = tuple(int(v) for v in rng.integers(0, 70, size=3))
+    image = Image.new("RGB", (big, big), background)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        _draw(draw, obj, big)
+    image = image.resize((side, side), Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _random_object(spec: ShapesSpec, rng: np.random.Generator, cx: float, cy: float) -> _Object:
+    return _Object(
+        color=spec.colors[rng.integers(spec.num_colors)],
+        shape=spec.shapes[rng.integers(spec.num_shapes)],
+        size=list(SIZES)[rng.integers(len(SIZES))],
+        cx=cx,
+        cy=cy,
+    )
+
+
+def _phrase(obj: _Object) -> str:
+    return f"a {obj.size} {obj.color} {obj.shape}"
+
+
+def _random_scene(spec: ShapesSpec, rng: np.random.Generator) -> Tuple[List[_Object], str]:
+    """Objects with non-overlapping positions, and the caption that describes them."""
+    # Single objects have few distinct captions: draw them less often so that in-batch
+    # duplicates (false negatives) stay rare.
+    count = 1 + int(rng.choice(spec.max_objects, p=_COUNT_WEIGHTS[spec.max_objects]))
+    jitter = lambda: float(rng.uniform(-0.06, 0.06))  # noqa: E731 - tiny helper
+    if count == 1:
+        where = list(PLACES)[rng.integers(len(PLACES))]
+        cx, cy = PLACES[where]
+        obj = _random_object(spec, rng, cx + jitter(), cy + jitter())
+        return [obj], f"{_phrase(obj)} {where}"
+    if count == 2:
+        relation = list(RELATIONS)[rng.integers(len(RELATIONS))]
+        dx, dy = RELATIONS[relation]
+        first = _random_object(spec, rng, 0.5 + 0.25 * dx + jitter(), 0.5 + 0.25 * dy + jitter())
+        second = _random_object(spec, rng, 0.5 - 0.25 * dx + jitter(), 0.5 - 0.25 * dy + jitter())
+        return [first, second], f"{_phrase(first)} {relation} {_phrase(second)}"
+    # three objects in a row, described left to right
+    objects = [_random_object(spec, rng, x + jitter(), 0.5 + jitter() * 3) for x in (0.2, 0.5, 0.8)]
+    for obj in objects:  # three large shapes do not fit side by side
+        obj.size = "small"
+    caption = f"{_phrase(objects[0])}, {_phrase(objects[1])} and {_phrase(objects[2])}"
+    return objects, caption
+
+
+def _corrupt(caption: str, spec: ShapesSpec, rng: np.random.Generator) -> str:
+    """Make a caption wrong: replace it by an unrelated scene's, or change one attribute word."""
+    if rng.random() < 0.5:
+        return _random_scene(spec, rng)[1]
+    words = caption.split()
+    swappable = [i for i, w in enumerate(words) if w in spec.colors or w in spec.shapes]
+    i = swappable[rng.integers(len(swappable))]
+    pool = spec.colors if words[i] in spec.colors else spec.shapes
+    words[i] = [w for w in pool if w != words[i]][rng.integers(len(pool) - 1)] if len(pool) > 1 else words[i]
+    return " ".join(words)
+
+
+def make_pair(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str]:
+    """The (PNG bytes, caption) of one example; deterministic in (spec, split, index)."""
+    split_id = SPLITS.index(split)
+    rng = np.random.default_rng([spec.seed, split_id, index])
+    objects, caption = _random_scene(spec, rng)
+    image = _render(objects, spec.image_size, rng)
+    if split == "train" and rng.random() < spec.caption_noise:
+        caption = _corrupt(caption, spec, rng)
+    return image, caption
+
+
+def make_zeroshot_example(spec: ShapesSpec, index: int) -> Tuple[bytes, int]:
+    """One held-out single-object image and its class (colour x shape)."""
+    label = index % len(spec.class_names)
+    rng = np.random.default_rng([spec.seed, 99, index])
+    color, shape = spec.class_names[label].split(" ")
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    obj = _Object(color, shape, size, 0.5 + float(rng.uniform(-0.1, 0.1)), 0.5 + float(rng.uniform(-0.1, 0.1)))
+    return _render([obj], spec.image_size, rng), label
+
+
+def _write_parquet(rows: dict, features, path: Path) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()  # one bar for the whole dataset is enough
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+
+
+def _write_pairs_shard(spec: ShapesSpec, split: str, start: int, stop: int, path: Path) -> None:
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "text": datasets.Value("string"), "id": datasets.Value("int64")}
+    )
+    rows = {"image": [], "text": [], "id": []}
+    for index in range(start, stop):
+        image, caption = make_pair(spec, split, index)
+        rows["image"].append({"bytes": image, "path": None})
+        rows["text"].append(caption)
+        rows["id"].append(index)
+    _write_parquet(rows, features, path)
+
+
+def write_shapes_dataset(spec: ShapesSpec, root: os.PathLike, progress: bool = True) -> Path:
+    """Write the dataset under ``root`` (atomically: a half-written folder is never used).
+
+    Layout: ``pairs/{train,validation}-XXXXX-of-YYYYY.parquet`` (columns image, text, id),
+    ``zeroshot/test-00000-of-00001.parquet`` (image, label) and ``zeroshot_classes.json``.
+    """
+    import datasets
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    if (root / "spec.json").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+    (tmp / "pairs").mkdir()
+    (tmp / "zeroshot").mkdir()
+    jobs = []
+    for split, total, shards in (("train", spec.num_train, spec.num_shards), ("validation", spec.num_validation, 1)):
+        bounds = np.linspace(0, total, shards + 1).astype(int)
+        for shard in range(shards):
+            path = tmp / "pairs" / f"{split}-{shard:05d}-of-{shards:05d}.parquet"
+            jobs.append((spec, split, int(bounds[shard]), int(bounds[shard + 1]), path))
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_write_pairs_shard, *job) for job in jobs]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="built-in data shards",
+                           disable=not progress):
+            future.result()
+    zs_features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=spec.class_names)}
+    )
+    zs_rows = {"image": [], "label": []}
+    for index in range(spec.zeroshot_per_class * len(spec.class_names)):
+        image, label = make_zeroshot_example(spec, index)
+        zs_rows["image"].append({"bytes": image, "path": None})
+        zs_rows["label"].append(label)
+    _write_parquet(zs_rows, zs_features, tmp / "zeroshot" / "test-00000-of-00001.parquet")
+    (tmp / "zeroshot_classes.json").write_text(
+        json.dumps({"class_names": spec.class_names, "templates": ZEROSHOT_TEMPLATES}, indent=1)
+    )
+    (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def default_data_root() -> Path:
+    """Where generated data and tokenizers live: ``$SIGLIP_LIGHTNING_CACHE`` or ~/.cache."""
+    return Path(os.environ.get("SIGLIP_LIGHTNING_CACHE", Path.home() / ".cache" / "siglip-lightning"))
+
+
+def ensure_shapes_dataset(spec: ShapesSpec, root: Optional[os.PathLike] = None) -> Path:
+    """The folder of the built-in dataset for ``spec``, generating it on first use."""
+    root = Path(root) if root is not None else default_data_root() / "builtin"
+    return write_shapes_dataset(spec, root / f"shapes-{spec.fingerprint()}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m siglip_lightning.data.synthetic --out DIR [--num_train N ...]``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, help="folder to write")
+    for field in dataclasses.fields(ShapesSpec):
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    print(write_shapes_dataset(ShapesSpec(**args), out))
+
+
+if __name__ == "__main__":
+    main()

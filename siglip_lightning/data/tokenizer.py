@@ -1,0 +1,99 @@
+"""SentencePiece tokenizer as in SigLIP: lower-cased text, EOS appended, padded with EOS."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterable, List, Sequence, Union
+
+import sentencepiece as spm
+import torch
+
+from siglip_lightning.errors import UserInputError
+
+EOS_ID = 1  # pad = EOS, as in big_vision's SigLIP tokenizers
+UNK_ID = 0
+
+
+class SentencePieceTokenizer:
+    """Turns captions into fixed-length id tensors ``[n, context_length]``.
+
+    Captions are lower-cased, encoded, cut to ``context_length - 1`` tokens and closed with EOS,
+    then padded with EOS (so the last position, which the text tower pools, is always EOS).
+
+    Args:
+        model_path: a SentencePiece ``.model`` file.
+        context_length: tokens per caption.
+    """
+
+    def __init__(self, model_path: Union[str, os.PathLike], context_length: int = 16) -> None:
+        if not Path(model_path).is_file():
+            raise UserInputError(f"tokenizer model file not found: {model_path}")
+        if context_length < 2:
+            raise UserInputError(f"context_length must be at least 2, got {context_length}")
+        self.model_path = str(model_path)
+        self.context_length = context_length
+        self.processor = spm.SentencePieceProcessor(model_file=self.model_path)
+        self.eos_id = self.processor.eos_id() if self.processor.eos_id() >= 0 else EOS_ID
+        self.pad_id = self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        """Variable-length ids (EOS included) before padding."""
+        pieces = self.processor.encode([t.lower() for t in texts])
+        return [ids[: self.context_length - 1] + [self.eos_id] for ids in pieces]
+
+    def __call__(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
+        for row, ids in enumerate(self.encode(texts)):
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    # The processor is a C++ object: pickle the path (DataLoader workers, spawn) and reload.
+    def __getstate__(self) -> dict:
+        return {"model_path": self.model_path, "context_length": self.context_length}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+def train_sentencepiece(
+    captions: Iterable[str],
+    model_path: Union[str, os.PathLike],
+    vocab_size: int = 32000,
+    model_type: str = "bpe",
+) -> Path:
+    """Train a SentencePiece model on ``captions`` (lower-cased) and write it to ``model_path``.
+
+    BPE trains in seconds; ``hard_vocab_limit=False`` lets a low-diversity corpus end with fewer
+    pieces than asked instead of failing. Written atomically so concurrent readers never see half.
+    """
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    lowered = (c.lower() for c in captions if isinstance(c, str) and c.strip())
+    buffer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lowered,
+            model_writer=buffer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            hard_vocab_limit=False,
+            character_coverage=1.0,
+            unk_id=UNK_ID,
+            eos_id=EOS_ID,
+            bos_id=-1,
+            pad_id=-1,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        raise UserInputError(f"could not train a SentencePiece tokenizer on the captions: {err}") from err
+    tmp = model_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(model_path)
+    return model_path

@@ -1,0 +1,62 @@
+"""Image preprocessing as in the paper: RGB, resize to the model's resolution, values in [-1, 1]."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class ImageTransform:
+    """PIL image (any mode) -> float tensor ``[3, size, size]``.
+
+    Args:
+        image_size: output side in pixels (square resize, no crop, as in SigLIP).
+        mean: per-channel mean subtracted after scaling to [0, 1]; 0.5 gives SigLIP's [-1, 1].
+        std: per-channel std divided by.
+        augment: random horizontal flip and a mild random resized crop (training only).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        augment: bool = False,
+    ) -> None:
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.augment = augment
+
+    def _crop_box(self, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
+        w, h = size
+        scale = np.random.uniform(0.8, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        x0, y0 = np.random.randint(0, w - cw + 1), np.random.randint(0, h - ch + 1)
+        return x0, y0, x0 + cw, y0 + ch
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB":
+            image = to_rgb(image)
+        box = self._crop_box(image.size) if self.augment else None
+        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
+        if self.augment and np.random.rand() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.uint8)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return (tensor - self.mean) / self.std
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: alpha composited on white, palette/CMYK/16-bit converted."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        return Image.fromarray((array / top * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,173 @@
+"""SigLIPModule: two towers, one pluggable contrastive loss, and the learnable t' and b."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from siglip_lightning.errors import UserInputError
+from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup from 0, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_towers_match_data(module: "SigLIPModule", datamodule: Any) -> None:
+    """Fail early, naming the keys, when the towers cannot take what the data produces."""
+    if datamodule is None:
+        return
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    text_vocab = getattr(module.text_tower, "vocab_size", None)
+    if tokenizer is not None and text_vocab is not None and tokenizer.vocab_size > text_vocab:
+        raise UserInputError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but model.text_tower vocab_size is {text_vocab}: "
+            "raise model.text_tower.init_args.vocab_size or lower data.vocab_size"
+        )
+    pairs = [
+        ("context_length", getattr(module.text_tower, "context_length", None), "model.text_tower.init_args.context_length"),
+        ("image_size", getattr(module.image_tower, "image_size", None), "model.image_tower.init_args.image_size"),
+    ]
+    for key, tower_value, tower_key in pairs:
+        data_value = getattr(datamodule, "hparams", {}).get(key)
+        if isinstance(tower_value, (tuple, list)):
+            tower_value = tower_value[0]
+        if tower_value is not None and data_value is not None and tower_value != data_value:
+            raise UserInputError(f"data.{key} is {data_value} but {tower_key} is {tower_value}: make them equal")
+
+
+class SigLIPModule(L.LightningModule):
+    """Image tower + text tower + contrastive loss, trained with AdamW and warmup + cosine.
+
+    Args:
+        image_tower: maps images ``[b, 3, H, W]`` to embeddings ``[b, d]``.
+        text_tower: maps token ids ``[b, L]`` to embeddings ``[b, d]``.
+        loss: the contrastive loss (``SigmoidLoss``, ``SoftmaxLoss``, ...); default sigmoid.
+        init_logit_scale: initial t' (t = exp(t')); ``None`` takes the loss's own (sigmoid: log 10,
+            softmax: log(1/0.07)), as in the paper's Table 4 and CLIP.
+        init_logit_bias: initial b; ``None`` takes the loss's own (sigmoid: -10; softmax: no bias).
+        learn_logit_scale: train t' (else it stays at its init).
+        lr: peak learning rate.
+        weight_decay: torch AdamW's decay (multiplied by the lr); the paper's decoupled 1e-4 at
+            lr 1e-3 corresponds to 0.1. Never applied to biases, norms, t' or b.
+        betas: AdamW betas; beta2 = 0.95 as the paper recommends for stability.
+        eps: AdamW epsilon.
+        warmup_steps: linear warmup steps.
+        total_steps: length of the cosine schedule; ``None`` uses ``trainer.max_steps``.
+        min_lr_ratio: final lr as a fraction of ``lr``.
+        image_tower_lr_scale: lr multiplier of the image tower (0.1 to fine-tune a pre-trained one).
+    """
+
+    def __init__(
+        self,
+        image_tower: nn.Module,
+        text_tower: nn.Module,
+        loss: Optional[ContrastiveLoss] = None,
+        init_logit_scale: Optional[float] = None,
+        init_logit_bias: Optional[float] = None,
+        learn_logit_scale: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: Tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        warmup_steps: int = 100,
+        total_steps: Optional[int] = None,
+        min_lr_ratio: float = 0.0,
+        image_tower_lr_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        self.loss = loss if loss is not None else SigmoidLoss()
+        scale = self.loss.init_logit_scale if init_logit_scale is None else init_logit_scale
+        bias = self.loss.init_logit_bias if init_logit_bias is None else init_logit_bias
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_logit_scale)
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
+        self._last_step_end: Optional[float] = None
+
+    def setup(self, stage: str) -> None:
+        check_towers_match_data(self, getattr(self.trainer, "datamodule", None))
+
+    # --- forward -------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_tower(images), dim=-1)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_tower(text), dim=-1)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(images), self.encode_text(text)
+
+    def compute_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+        image_features, text_features = self(batch["image"], batch["text"])
+        return self.loss(image_features, text_features, self.logit_scale.exp(), self.logit_bias)
+
+    # --- steps -----------------------------------------------------------------------------------
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/t", self.logit_scale.detach().exp(), prog_bar=True)
+        if self.logit_bias is not None:
+            self.log("train/b", self.logit_bias.detach(), prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr)
+        for reason, count in batch.get("skipped", {}).items():
+            self.log(f"data/skipped_{reason}", float(count), reduce_fx="sum", on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Dict[str, Any], batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_step_end is not None:
+            samples = batch["image"].shape[0] * self.trainer.world_size
+            self.log("train/samples_per_sec", samples / max(now - self._last_step_end, 1e-9))
+        self._last_step_end = now
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, torch.Tensor]:
+        return {"image_features": self.encode_image(batch["image"]), "text_features": self.encode_text(batch["text"])}
+
+    # --- optimisation --------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        if self.hparams.total_steps:
+            return int(self.hparams.total_steps)
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return int(self.trainer.max_steps)
+        rank_zero_warn("model.total_steps and trainer.max_steps are unset: the cosine schedule uses "
+                       "trainer.estimated_stepping_batches, which needs a sized dataset")
+        return int(self.trainer.estimated_stepping_batches)
+
+    def parameter_groups(self) -> list:
+        """AdamW groups: decay on matrices only; the image tower may get its own lr scale."""
+        groups: Dict[Tuple[bool, float], list] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            decay = param.ndim >= 2 and not name.startswith("logit_")
+            scale = self.hparams.image_tower_lr_scale if name.startswith("image_tower.") else 1.0
+            groups.setdefault((decay, scale), []).append(param)
+        return [
+            {"params": params, "weight_decay": self.hparams.weight_decay if decay else 0.0,
+             "lr": self.hparams.lr * scale}
+            for (decay, scale), params in groups.items()
+        ]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                      eps=self.hparams.eps)
+        total, warmup, floor = self._total_steps(), self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, floor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
