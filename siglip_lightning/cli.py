@@ -1,6 +1,7 @@
 """``siglip-lightning``: LightningCLI over SigLIPModule and ImageTextDataModule."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import List, Optional
@@ -27,9 +28,28 @@ def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
     return SigLIPCLI(args=args, **kwargs)
 
 
+# Subcommands outside LightningCLI's fit/validate/test/predict: name -> "module:function(argv)".
+EXTRA_COMMANDS = {
+    "export": "siglip_lightning.export:main",
+    "cache-embeddings": "siglip_lightning.precomputed:cache_main",
+}
+
+
+def _extra_command(args: List[str]):
+    if args and args[0] in EXTRA_COMMANDS:
+        module_name, func = EXTRA_COMMANDS[args[0]].split(":")
+        return getattr(importlib.import_module(module_name), func)
+    return None
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Console script entry point. Returns None: a returned CLI object would make the exit code 1."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        extra = _extra_command(argv)
+        if extra is not None:
+            extra(argv[1:])
+            return
         cli_main(args)
     except UserInputError as err:
         print(f"siglip-lightning: error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ tower is bidirectional, pools the last token (pad = EOS) and projects with a bia
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -25,11 +26,11 @@ class MAPHead(nn.Module):
     """Multihead attention pooling (big_vision's MAP head): one learned probe attends over tokens,
     followed by a residual MLP; returns ``[batch, width]``."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
         self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm = LayerNorm(width)
+        self.norm = LayerNorm(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
 
@@ -38,6 +39,29 @@ class MAPHead(nn.Module):
         pooled = self.attention(probe, tokens, tokens, need_weights=False)[0]
         pooled = pooled + self.mlp(self.norm(pooled))
         return pooled[:, 0]
+
+
+class BottleneckEmbedding(nn.Module):
+    """Token embedding through a bottleneck (mSigLIP): ids -> N x K table -> K x W projection.
+
+    With N = 250k and W = 768, K = 96 stores 24M + 74k weights instead of 192M. ``weight`` gives
+    the equivalent dense N x W table (exact: the map is linear), used for export.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int, width: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, embedding_dim)
+        self.proj = nn.Linear(embedding_dim, width, bias=False)
+        # std 0.02 per table entry and K^-1/2 in the projection: the product has the dense std 0.02
+        nn.init.normal_(self.table.weight, std=0.02)
+        nn.init.normal_(self.proj.weight, std=embedding_dim**-0.5)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.proj(self.table.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table(ids))
 
 
 class VisionTower(nn.Module):
@@ -52,6 +76,8 @@ class VisionTower(nn.Module):
         mlp_ratio: MLP hidden size as a multiple of ``width``.
         pool_type: ``map`` (SigLIP's attention pooling), ``tok`` (class token) or ``avg``.
         output_dim: embedding size; ``None`` keeps ``width`` (no projection, as in SigLIP).
+        norm_eps: LayerNorm epsilon (1e-5 as torch; released SigLIP checkpoints use 1e-6).
+        grad_checkpointing: recompute block activations in backward (less memory, ~30% more compute).
     """
 
     def __init__(
@@ -64,6 +90,8 @@ class VisionTower(nn.Module):
         mlp_ratio: float = 4.0,
         pool_type: str = "map",
         output_dim: Optional[int] = None,
+        norm_eps: float = 1e-5,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if pool_type not in ("map", "tok", "avg"):
@@ -78,9 +106,11 @@ class VisionTower(nn.Module):
         num_tokens = self.grid_size**2 + (1 if pool_type == "tok" else 0)
         self.class_token = nn.Parameter(torch.zeros(1, 1, width)) if pool_type == "tok" else None
         self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=GELUTanh)
-        self.norm = LayerNorm(width)
-        self.head = MAPHead(width, heads, mlp_ratio) if pool_type == "map" else None
+        norm = partial(LayerNorm, eps=norm_eps)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=GELUTanh, norm_layer=norm)
+        self.transformer.grad_checkpointing = grad_checkpointing
+        self.norm = norm(width)
+        self.head = MAPHead(width, heads, mlp_ratio, norm_eps) if pool_type == "map" else None
         self.proj = nn.Linear(width, self.output_dim) if self.output_dim != width else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -114,6 +144,10 @@ class TextTower(TextTransformer):
         mlp_ratio: MLP hidden size as a multiple of ``width``.
         output_dim: embedding size; must equal the image tower's.
         causal_mask: use a causal attention mask (CLIP); SigLIP's text tower is bidirectional.
+        embedding_dim: bottleneck K of the token embedding: an N x K table then a K x width
+            projection (mSigLIP's 250k vocabulary uses K = 96); ``None`` is a plain N x width table.
+        norm_eps: LayerNorm epsilon (1e-5 as torch; released SigLIP checkpoints use 1e-6).
+        grad_checkpointing: recompute block activations in backward (less memory, ~30% more compute).
     """
 
     def __init__(
@@ -126,6 +160,9 @@ class TextTower(TextTransformer):
         mlp_ratio: float = 4.0,
         output_dim: int = 64,
         causal_mask: bool = False,
+        embedding_dim: Optional[int] = None,
+        norm_eps: float = 1e-5,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(
             context_length=context_length,
@@ -140,7 +177,11 @@ class TextTower(TextTransformer):
             proj_type="linear",
             proj_bias=True,
             act_layer=GELUTanh,
+            norm_layer=partial(LayerNorm, eps=norm_eps),
         )
+        self.transformer.grad_checkpointing = grad_checkpointing
+        if embedding_dim is not None:
+            self.token_embedding = BottleneckEmbedding(vocab_size, embedding_dim, width)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         if text.shape[-1] != self.context_length:
