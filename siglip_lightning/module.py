@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from siglip_lightning.errors import UserInputError
+from siglip_lightning.init_weights import load_initial_weights
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
 
 
@@ -66,6 +67,11 @@ class SigLIPModule(L.LightningModule):
         total_steps: length of the cosine schedule; ``None`` uses ``trainer.max_steps``.
         min_lr_ratio: final lr as a fraction of ``lr``.
         image_tower_lr_scale: lr multiplier of the image tower (0.1 to fine-tune a pre-trained one).
+        image_tower_weight_decay: apply weight decay to the image tower (the paper fine-tunes a
+            pre-trained one with none).
+        init_from: a Lightning checkpoint whose weights start this fit (resolution adaptation:
+            image position embeddings are interpolated to the new grid); a resumed fit
+            (``--ckpt_path``) overwrites them with its own.
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class SigLIPModule(L.LightningModule):
         total_steps: Optional[int] = None,
         min_lr_ratio: float = 0.0,
         image_tower_lr_scale: float = 1.0,
+        image_tower_weight_decay: bool = True,
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,6 +106,8 @@ class SigLIPModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_towers_match_data(self, getattr(self.trainer, "datamodule", None))
+        if stage == "fit" and self.hparams.get("init_from"):
+            load_initial_weights(self, self.hparams.init_from)
 
     # --- forward -------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -156,8 +166,10 @@ class SigLIPModule(L.LightningModule):
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
+            image = name.startswith("image_tower.")
             decay = param.ndim >= 2 and not name.startswith("logit_")
-            scale = self.hparams.image_tower_lr_scale if name.startswith("image_tower.") else 1.0
+            decay = decay and (self.hparams.get("image_tower_weight_decay", True) or not image)
+            scale = self.hparams.image_tower_lr_scale if image else 1.0
             groups.setdefault((decay, scale), []).append(param)
         return [
             {"params": params, "weight_decay": self.hparams.weight_decay if decay else 0.0,
