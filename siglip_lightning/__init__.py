@@ -2,11 +2,20 @@
 from siglip_lightning.data import ImageTextDataModule, ShapesSpec
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss, SoftmaxLoss
 from siglip_lightning.module import SigLIPModule
+from siglip_lightning.locked import LockedTower
+from siglip_lightning.precomputed import PrecomputedImageTower
+from siglip_lightning.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
 from siglip_lightning.towers import TextTower, VisionTower
 
 __version__ = "0.1.0"
 __all__ = [
     "ContrastiveLoss",
+    "HFTextTower",
+    "HFVisionTower",
+    "LockedTower",
+    "OpenCLIPTextTower",
+    "OpenCLIPVisionTower",
+    "PrecomputedImageTower",
     "ImageTextDataModule",
     "ShapesSpec",
     "SigLIPModule",

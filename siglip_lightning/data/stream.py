@@ -32,6 +32,13 @@ def decode_image(value: Any) -> Image.Image:
     return image
 
 
+def is_embedding(value: Any) -> bool:
+    """A list/array of numbers (a cached embedding column), as opposed to image bytes or a path."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return len(value.shape) == 1
+    return isinstance(value, (list, tuple)) and len(value) > 0 and isinstance(value[0], (float, int))
+
+
 def pick_caption(value: Any, rng: random.Random) -> Optional[str]:
     """One caption: a string as is; one of a list, drawn anew at each visit."""
     if isinstance(value, (list, tuple)):
@@ -80,8 +87,14 @@ class PairStream(IterableDataset):
             if caption is None:
                 skipped["caption_missing"] += 1
                 continue
+            raw = example.get(self.image_column)
+            if is_embedding(raw):  # a precomputed image embedding (SigLiT cache): nothing to decode
+                yield {"image": torch.as_tensor(raw, dtype=torch.float32), "text": self.tokenizer([caption])[0],
+                       "skipped": dict(skipped)}
+                skipped.clear()
+                continue
             try:
-                image = decode_image(example.get(self.image_column))
+                image = decode_image(raw)
             except Exception:  # any decoder error means the same thing here: unusable bytes
                 skipped["image_undecodable"] += 1
                 continue
