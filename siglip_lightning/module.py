@@ -72,6 +72,7 @@ class SigLIPModule(L.LightningModule):
         init_from: a Lightning checkpoint whose weights start this fit (resolution adaptation:
             image position embeddings are interpolated to the new grid); a resumed fit
             (``--ckpt_path``) overwrites them with its own.
+        compile: ``torch.compile`` both towers in place (state-dict keys unchanged).
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class SigLIPModule(L.LightningModule):
         image_tower_lr_scale: float = 1.0,
         image_tower_weight_decay: bool = True,
         init_from: Optional[str] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,8 +108,26 @@ class SigLIPModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_towers_match_data(self, getattr(self.trainer, "datamodule", None))
+        if stage == "fit" and self.trainer.accumulate_grad_batches > 1:
+            # Summing the losses of micro-batches is not the loss of their union: each micro-batch
+            # would only see its own negatives (open_clip's --accum-freq re-embeds with cached
+            # features instead). Not supported: grow data.batch_size or the number of devices.
+            raise UserInputError(
+                f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches} is not supported: "
+                "accumulating contrastive losses shrinks the negatives to one micro-batch; raise "
+                "data.batch_size or devices (with a chunked loss) instead")
         if stage == "fit" and self.hparams.get("init_from"):
             load_initial_weights(self, self.hparams.init_from)
+
+    def configure_model(self) -> None:
+        # Under ModelParallelStrategy (configs/strategies/fsdp.yaml) shard the towers with FSDP2.
+        if self.device_mesh is not None:
+            from siglip_lightning.strategies import shard_towers
+
+            shard_towers(self, self.device_mesh)
+        if self.hparams.get("compile"):
+            self.image_tower.compile()
+            self.text_tower.compile()
 
     # --- forward -------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

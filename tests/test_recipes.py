@@ -100,3 +100,20 @@ def test_resolution_adaptation_32_to_48_px_loads_and_trains(tmp_path):
     assert (pos - interpolated).abs().max() > 0  # and it trained
     fresh = VisionTower(image_size=48, patch_size=8, width=32, layers=1, heads=2).pos_embed
     assert (fresh - interpolated).abs().max() > 0.05
+
+
+def test_pretrained_image_tower_gets_scaled_lr_and_no_weight_decay():
+    module = SigLIPModule(VisionTower(image_size=16, patch_size=8, width=32, layers=1, heads=2),
+                          TextTower(vocab_size=64, context_length=8, width=32, layers=1, heads=2, output_dim=32),
+                          lr=1e-3, weight_decay=0.1, image_tower_lr_scale=0.1, image_tower_weight_decay=False)
+    owner = {id(p): name for name, p in module.named_parameters()}
+    seen = 0
+    for group in module.parameter_groups():
+        for param in group["params"]:
+            name, seen = owner[id(param)], seen + 1
+            if name.startswith("image_tower."):
+                assert group["lr"] == pytest.approx(1e-4) and group["weight_decay"] == 0.0, name
+            else:
+                assert group["lr"] == pytest.approx(1e-3), name
+                assert group["weight_decay"] == (0.1 if param.ndim >= 2 and not name.startswith("logit_") else 0.0)
+    assert seen == len(owner)
