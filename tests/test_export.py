@@ -42,6 +42,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
     return ckpts[-1]
 
 
+@pytest.mark.slow  # a CLI fit and an export in fresh processes: ~1 min alone, several on a loaded machine
 def test_cli_export_hf_matches_lightning(trained_ckpt, tmp_path):
     from transformers import SiglipModel, SiglipTokenizer
 
@@ -71,6 +72,7 @@ def test_cli_export_hf_matches_lightning(trained_ckpt, tmp_path):
     assert torch.equal(hf_ids, ours_tok(captions))
 
 
+@pytest.mark.slow
 def test_cli_export_open_clip_matches_lightning(trained_ckpt, tmp_path):
     out = tmp_path / "oc"
     result = run_cli(["export", "--ckpt_path", str(trained_ckpt), "--format", "open_clip", "--out", str(out)])
@@ -164,10 +166,13 @@ def test_init_from_open_clip_checkpoint_matches_open_clip(tmp_path):
         assert torch.allclose(again.state_dict()[key], value), key
 
 
-def test_export_rejects_layouts_the_formats_cannot_hold(tmp_path):
+def test_export_rejects_layouts_the_formats_cannot_hold(tmp_path, capsys):
     module = SigLIPModule(VisionTower(image_size=16, patch_size=8, width=32, layers=1, heads=2, pool_type="tok"),
                           TextTower(vocab_size=64, context_length=8, width=32, layers=1, heads=2, output_dim=32))
     with pytest.raises(UserInputError, match="pool_type"):
         export_module(module, "hf", tmp_path)
-    result = run_cli(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--format", "hf", "--out", str(tmp_path)])
-    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    from siglip_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--format", "hf", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -159,6 +160,15 @@ def create_open_clip(model_name: str, checkpoint_path: Optional[str] = None) -> 
     return model.eval()
 
 
+def _warn_if_exact_gelu(act: nn.Module, tower: str) -> None:
+    """Our towers use tanh-GELU (as big_vision and transformers' SigLIP); open_clip's timm SigLIP
+    configs use exact GELU, so their outputs differ slightly (~1e-3) after conversion."""
+    if getattr(act, "approximate", None) != "tanh" and type(act).__name__ != "GELUTanh":
+        warnings.warn(f"the open_clip {tower} tower uses {type(act).__name__} "
+                      f"(approximate={getattr(act, 'approximate', None)!r}); the converted tower uses tanh-GELU, "
+                      "so embeddings will differ slightly from open_clip's")
+
+
 def vision_from_open_clip(model: nn.Module) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     """(VisionTower kwargs, state dict) of an open_clip model whose image tower is a timm MAP ViT."""
     trunk = getattr(getattr(model, "visual", None), "trunk", None)
@@ -166,6 +176,7 @@ def vision_from_open_clip(model: nn.Module) -> Tuple[Dict, Dict[str, torch.Tenso
         raise UserInputError("only open_clip models with a timm ViT image tower using MAP pooling and no class token "
                              "(SigLIP's layout) can initialise a VisionTower")
     block = trunk.blocks[0]
+    _warn_if_exact_gelu(block.mlp.act, "image")
     kwargs = dict(image_size=trunk.patch_embed.img_size[0], patch_size=trunk.patch_embed.patch_size[0],
                   width=trunk.embed_dim, layers=len(trunk.blocks), heads=block.attn.num_heads,
                   mlp_ratio=block.mlp.fc1.out_features / trunk.embed_dim, pool_type="map", norm_eps=trunk.norm.eps)
@@ -183,6 +194,7 @@ def text_from_open_clip(model: nn.Module) -> Tuple[Dict, Dict[str, torch.Tensor]
         raise UserInputError("only open_clip text towers that are bidirectional TextTransformers pooling the last "
                              "token with a biased linear projection (SigLIP's layout) can initialise a TextTower")
     block = text.transformer.resblocks[0]
+    _warn_if_exact_gelu(block.mlp.gelu, "text")
     kwargs = dict(vocab_size=text.vocab_size, context_length=text.context_length, width=text.width,
                   layers=len(text.transformer.resblocks), heads=block.attn.num_heads,
                   mlp_ratio=block.mlp.c_fc.out_features / text.width, output_dim=text.output_dim,
