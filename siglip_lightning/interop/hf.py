@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -114,9 +115,13 @@ def save_hf_tokenizer(sentencepiece_model: Path, out_dir: Path, context_length: 
     punctuation before encoding (big_vision's "canonicalize"); ours does not. So ids agree on
     captions without punctuation; ``spiece.model`` is the exact tokenizer in any case.
     """
-    from transformers import SiglipTokenizer
-
     shutil.copyfile(sentencepiece_model, out_dir / "spiece.model")
+    try:
+        from transformers import SiglipTokenizer
+    except ImportError:
+        warnings.warn("transformers is not installed: wrote spiece.model only, no SiglipTokenizer files "
+                      "(pip install 'siglip-lightning[interop]')")
+        return
     tokenizer = SiglipTokenizer(vocab_file=str(out_dir / "spiece.model"), model_max_length=context_length)
     tokenizer.save_pretrained(str(out_dir))
 
