@@ -1,17 +1,27 @@
 """siglip-lightning: train image-text models with the SigLIP sigmoid loss (and the CLIP baseline)."""
 from siglip_lightning.data import ImageTextDataModule, ShapesSpec
-from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss, SoftmaxLoss
+from siglip_lightning.losses import (
+    ChunkedSigmoidLoss,
+    ContrastiveLoss,
+    DistributedSoftmaxLoss,
+    SigmoidLoss,
+    SoftmaxLoss,
+    TiledSigmoidLoss,
+)
 from siglip_lightning.module import SigLIPModule
 from siglip_lightning.towers import TextTower, VisionTower
 
 __version__ = "0.1.0"
 __all__ = [
+    "ChunkedSigmoidLoss",
     "ContrastiveLoss",
+    "DistributedSoftmaxLoss",
     "ImageTextDataModule",
     "ShapesSpec",
     "SigLIPModule",
     "SigmoidLoss",
     "SoftmaxLoss",
     "TextTower",
+    "TiledSigmoidLoss",
     "VisionTower",
 ]
