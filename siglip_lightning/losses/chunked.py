@@ -9,7 +9,7 @@ block during the forward pass (``blockwise.py``), and every travelling text bloc
 gradient accumulator, to which each visited rank adds; after the last hop the accumulator goes
 straight home to the block's owner. Nothing per block is kept for backward: backward only scales
 the stored gradients. The next block's transfer is posted before the current block is scored,
-and the accumulator's transfer overlaps the next block's compute.
+so it overlaps the compute; the accumulator follows its block one step behind.
 
 Convention (the same as open_clip's ``SigLipLoss``): with N = sum of the ranks' batch sizes, rank
 r returns ``L_r = (W / N) * sum_{i on r} sum_j l_ij``, so ``mean_r L_r`` is the global loss
@@ -76,7 +76,14 @@ class ChunkedSigmoidFunction(torch.autograd.Function):
                 block = s.bufs.pop(0)
                 if step < s.steps:
                     s.block_req = s.send_block(block, step, s.bufs)
-                share = zeros(block) if want_grad else None
+                share = None
+                if want_grad and step > 1:
+                    # Add to the accumulator that arrived with this block (the previous rank sent it
+                    # as soon as it had scored the block, so this wait is short).
+                    s.acc_req.wait()
+                    share = s.acc_in
+                elif want_grad:
+                    share = zeros(block)
                 part, g_part = sigmoid_block_accumulate(
                     image_features, block, logit_scale, logit_bias, None, tile, image_acc, share, acc
                 )
@@ -84,9 +91,6 @@ class ChunkedSigmoidFunction(torch.autograd.Function):
                 if not want_grad:
                     continue
                 g_sum += g_part
-                if step > 1:
-                    s.acc_req.wait()  # the accumulator of this block from the previous rank
-                    share += s.acc_in
                 acc_bufs: List[torch.Tensor] = []
                 s.acc_req = s.pass_accumulator(share, step, acc_bufs)
                 s.acc_in, s.acc_out = acc_bufs[0], share  # keep the outgoing one alive until sent
