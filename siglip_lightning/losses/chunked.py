@@ -32,7 +32,7 @@ import torch.distributed as dist
 from siglip_lightning.losses.base import ContrastiveLoss
 from siglip_lightning.losses.blockwise import accumulator_dtype, sigmoid_block_accumulate
 from siglip_lightning.losses.distributed import agree_on_batches, world_of
-from siglip_lightning.losses.ring import Stream
+from siglip_lightning.losses.ring import Stream, walk_ring
 from siglip_lightning.losses.sigmoid import SigmoidLoss
 from siglip_lightning.losses.tiled import TiledSigmoidLoss, finish_gradients
 
@@ -58,48 +58,22 @@ class ChunkedSigmoidFunction(torch.autograd.Function):
         image_acc = zeros(image_features) if want_grad else None
         home_acc = zeros(text_features) if want_grad else None  # every rank's share of d/d(my texts)
 
-        streams = make_streams(rank, sizes, bidirectional, group)
-        # Post the first hop before scoring the local block, so that it overlaps.
-        for s in streams:
-            s.bufs = []
-            s.block_req = s.send_block(text_features, 0, s.bufs) if s.steps else None
-            s.acc_req, s.acc_out = None, None
+        totals = {}
 
-        loss, g_sum = sigmoid_block_accumulate(
-            image_features, text_features, logit_scale, logit_bias, 0, tile, image_acc, home_acc, acc
-        )
-        for step in range(1, max(s.steps for s in streams) + 1):
-            for s in streams:
-                if step > s.steps:
-                    continue
-                s.block_req.wait()
-                block = s.bufs.pop(0)
-                if step < s.steps:
-                    s.block_req = s.send_block(block, step, s.bufs)
-                share = None
-                if want_grad and step > 1:
-                    # Add to the accumulator that arrived with this block (the previous rank sent it
-                    # as soon as it had scored the block, so this wait is short).
-                    s.acc_req.wait()
-                    share = s.acc_in
-                elif want_grad:
-                    share = zeros(block)
-                part, g_part = sigmoid_block_accumulate(
-                    image_features, block, logit_scale, logit_bias, None, tile, image_acc, share, acc
-                )
-                loss += part
-                if not want_grad:
-                    continue
-                g_sum += g_part
-                acc_bufs: List[torch.Tensor] = []
-                s.acc_req = s.pass_accumulator(share, step, acc_bufs)
-                s.acc_in, s.acc_out = acc_bufs[0], share  # keep the outgoing one alive until sent
-        for s in streams:
-            if want_grad and s.steps:
-                s.acc_req.wait()
-                home_acc += s.acc_in
-            s.bufs = s.acc_in = s.acc_out = None
+        def local():
+            totals["loss"], totals["g"] = sigmoid_block_accumulate(
+                image_features, text_features, logit_scale, logit_bias, 0, tile, image_acc, home_acc, acc)
 
+        def score(block, share):
+            part, g_part = sigmoid_block_accumulate(
+                image_features, block[0], logit_scale, logit_bias, None, tile, image_acc, share, acc)
+            totals["loss"] += part
+            if want_grad:
+                totals["g"] += g_part
+
+        walk_ring(make_streams(rank, sizes, bidirectional, group), [text_features], local, score,
+                  (lambda block: zeros(block[0])) if want_grad else None, lambda arrived: home_acc.add_(arrived))
+        loss, g_sum = totals["loss"], totals["g"]
         if want_grad:
             ctx.grads = finish_gradients(image_features, text_features, logit_scale, logit_bias,
                                          image_acc, home_acc, g_sum, norm, ctx.needs_input_grad[:4])

@@ -9,7 +9,7 @@ a are posted in the same order (NCCL matches by order); gloo also gets a distinc
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -61,29 +61,80 @@ class Stream:
         return dist.get_global_rank(self.group, group_rank) if self.group is not None else group_rank
 
     def tag(self, step: int, kind: int) -> int:
-        # kind 0: text block, 1: accumulator on its way, 2: accumulator going home
-        return ((step * 2 + self.index) * 3) + kind
+        # kind 0: accumulator on its way, 1: accumulator going home, 2 + i: payload tensor i
+        return (step * 2 + self.index) * 16 + kind
 
-    def send_block(self, block: torch.Tensor, step: int, buffers: List[torch.Tensor]) -> Pending:
+    def _like(self, t: torch.Tensor, owner: int) -> torch.Tensor:
+        return torch.empty((self.sizes[owner], *t.shape[1:]), dtype=t.dtype, device=t.device)
+
+    def send_payload(self, payload: List[torch.Tensor], step: int, buffers: List[List[torch.Tensor]]) -> Pending:
         """Forward the block held at ``step`` and receive the one for ``step + 1`` into ``buffers``."""
-        nxt = torch.empty((self.sizes[self.owner(step + 1)], block.shape[1]), dtype=block.dtype, device=block.device)
+        nxt = [self._like(t, self.owner(step + 1)) for t in payload]
         buffers.append(nxt)
         to, frm = self.peer((self.rank + self.direction) % self.world), self.peer((self.rank - self.direction) % self.world)
         # both ends of a message tag it with the sender's step: they post it at the same point
-        return exchange([(block, to, self.tag(step, 0))], [(nxt, frm, self.tag(step, 0))], self.group)
+        tags = [self.tag(step, 2 + i) for i in range(len(payload))]
+        return exchange(list(zip(payload, [to] * len(payload), tags)), list(zip(nxt, [frm] * len(nxt), tags)),
+                        self.group)
 
     def pass_accumulator(self, acc: torch.Tensor, step: int, buffers: List[torch.Tensor]) -> Pending:
         """Send the accumulator of the block held at ``step`` on: to the next rank, or home after the
         last step. Receive the accumulator of the next block (or of this rank's own block, home)."""
         if step < self.steps:
-            nxt = torch.empty((self.sizes[self.owner(step + 1)], acc.shape[1]), dtype=acc.dtype, device=acc.device)
-            to = (self.rank + self.direction) % self.world
-            frm = (self.rank - self.direction) % self.world
-            tag_out = tag_in = self.tag(step, 1)
+            nxt = self._like(acc, self.owner(step + 1))
+            to, frm = (self.rank + self.direction) % self.world, (self.rank - self.direction) % self.world
+            tag = self.tag(step, 0)
         else:
-            nxt = torch.empty((self.sizes[self.rank], acc.shape[1]), dtype=acc.dtype, device=acc.device)
-            to = self.owner(step)
-            frm = (self.rank + self.direction * self.steps) % self.world
-            tag_out = tag_in = self.tag(step, 2)
+            nxt = self._like(acc, self.rank)
+            to, frm = self.owner(step), (self.rank + self.direction * self.steps) % self.world
+            tag = self.tag(step, 1)
         buffers.append(nxt)
-        return exchange([(acc, self.peer(to), tag_out)], [(nxt, self.peer(frm), tag_in)], self.group)
+        return exchange([(acc, self.peer(to), tag)], [(nxt, self.peer(frm), tag)], self.group)
+
+
+def walk_ring(
+    streams: List[Stream],
+    payload: List[torch.Tensor],
+    local: Callable[[], None],
+    score: Callable[[List[torch.Tensor], Optional[torch.Tensor]], None],
+    new_acc: Optional[Callable[[List[torch.Tensor]], torch.Tensor]] = None,
+    home: Optional[Callable[[torch.Tensor], None]] = None,
+) -> None:
+    """Carry this rank's ``payload`` (tensors with one row per pair) round the ring.
+
+    ``local()`` runs while the first hop is in flight. For every visiting block, ``score(block, acc)``
+    is called; ``acc`` is the accumulator travelling with the block (``new_acc(block)`` on its first
+    visit, else the one the previous rank passed on) and ``score`` updates it in place. After its
+    last hop each accumulator goes straight home, where ``home(acc)`` receives it. With
+    ``new_acc=None`` no accumulators travel. The next block's transfer overlaps the current block's
+    scoring; an accumulator follows its block one step behind.
+    """
+    for s in streams:
+        s.bufs = []
+        s.block_req = s.send_payload(payload, 0, s.bufs) if s.steps else None
+        s.acc_req = s.acc_in = s.acc_out = None
+    local()
+    for step in range(1, max(s.steps for s in streams) + 1):
+        for s in streams:
+            if step > s.steps:
+                continue
+            s.block_req.wait()
+            block = s.bufs.pop(0)
+            if step < s.steps:
+                s.block_req = s.send_payload(block, step, s.bufs)
+            acc = None
+            if new_acc is not None and step > 1:
+                s.acc_req.wait()  # short: the previous rank passed it on as soon as it had scored it
+                acc, s.acc_in, s.acc_out = s.acc_in, None, None
+            elif new_acc is not None:
+                acc = new_acc(block)
+            score(block, acc)
+            if acc is not None:
+                bufs: List[torch.Tensor] = []
+                s.acc_req = s.pass_accumulator(acc, step, bufs)
+                s.acc_in, s.acc_out = bufs[0], acc  # keep the outgoing one alive until sent
+    for s in streams:
+        if new_acc is not None and s.steps:
+            s.acc_req.wait()
+            home(s.acc_in)
+        s.bufs = s.acc_in = s.acc_out = None
