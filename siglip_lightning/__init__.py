@@ -2,6 +2,7 @@
 from siglip_lightning.data import ImageTextDataModule, ShapesSpec
 from siglip_lightning.losses import (
     ChunkedSigmoidLoss,
+    ChunkedSoftmaxLoss,
     ContrastiveLoss,
     DistributedSoftmaxLoss,
     SigmoidLoss,
@@ -14,6 +15,7 @@ from siglip_lightning.towers import TextTower, VisionTower
 __version__ = "0.1.0"
 __all__ = [
     "ChunkedSigmoidLoss",
+    "ChunkedSoftmaxLoss",
     "ContrastiveLoss",
     "DistributedSoftmaxLoss",
     "ImageTextDataModule",

@@ -64,3 +64,11 @@ def test_tiled_refuses_bad_input():
         TiledSigmoidLoss()(x, y[:3], t, b)
     with pytest.raises(ValueError, match="tile"):
         TiledSigmoidLoss(tile=0)
+
+
+def test_second_backward_is_refused_clearly():
+    x, y, t, b = features(8, 4, seed=8)
+    loss = TiledSigmoidLoss(tile=4)(x, y, t, b)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated once"):
+        loss.backward()

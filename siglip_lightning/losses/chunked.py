@@ -34,15 +34,15 @@ from siglip_lightning.losses.blockwise import accumulator_dtype, sigmoid_block_a
 from siglip_lightning.losses.distributed import agree_on_batches, world_of
 from siglip_lightning.losses.ring import Stream, walk_ring
 from siglip_lightning.losses.sigmoid import SigmoidLoss
-from siglip_lightning.losses.tiled import TiledSigmoidLoss, finish_gradients
+from siglip_lightning.losses.tiled import TiledSigmoidLoss, finish_gradients, scale_saved_gradients
 
 
-def make_streams(rank: int, sizes: List[int], bidirectional: bool, group) -> List[Stream]:
+def make_streams(rank: int, sizes: List[int], bidirectional: bool, group, first_index: int = 0) -> List[Stream]:
     """One stream of W-1 hops, or two (right: ceil((W-1)/2) hops, left: floor((W-1)/2))."""
-    others = len(sizes) - 1
+    others, i = len(sizes) - 1, first_index
     if not bidirectional or others < 2:
-        return [Stream(0, +1, others, rank, sizes, group)]
-    return [Stream(0, +1, (others + 1) // 2, rank, sizes, group), Stream(1, -1, others // 2, rank, sizes, group)]
+        return [Stream(i, +1, others, rank, sizes, group)]
+    return [Stream(i, +1, (others + 1) // 2, rank, sizes, group), Stream(i + 1, -1, others // 2, rank, sizes, group)]
 
 
 class ChunkedSigmoidFunction(torch.autograd.Function):
@@ -81,9 +81,7 @@ class ChunkedSigmoidFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grads = [None if g is None else (g * grad_output).to(g.dtype) for g in ctx.grads]
-        del ctx.grads
-        return (*grads, None, None, None, None, None)
+        return (*scale_saved_gradients(ctx, grad_output), None, None, None, None, None)
 
 
 class ChunkedSigmoidLoss(ContrastiveLoss):

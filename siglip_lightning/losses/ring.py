@@ -40,7 +40,7 @@ class Stream:
     """Text blocks flowing around the ring in one direction for ``steps`` hops.
 
     Args:
-        index: which stream (0 or 1), to keep tags apart.
+        index: which stream (0 to 3: two directions x two passes), to keep tags apart.
         direction: +1 (blocks move to the right neighbour) or -1.
         steps: number of foreign blocks this stream brings to each rank.
         rank: this process's rank in ``group``.
@@ -62,7 +62,7 @@ class Stream:
 
     def tag(self, step: int, kind: int) -> int:
         # kind 0: accumulator on its way, 1: accumulator going home, 2 + i: payload tensor i
-        return (step * 2 + self.index) * 16 + kind
+        return (step * 4 + self.index) * 16 + kind
 
     def _like(self, t: torch.Tensor, owner: int) -> torch.Tensor:
         return torch.empty((self.sizes[owner], *t.shape[1:]), dtype=t.dtype, device=t.device)

@@ -19,19 +19,30 @@ from siglip_lightning.losses.blockwise import accumulator_dtype, sigmoid_block_a
 
 def finish_gradients(image_features, text_features, logit_scale, logit_bias, image_acc, text_acc, g_sum, norm, needs):
     """Turn raw accumulators into gradients of ``loss_sum / norm`` for x, y, t and b, each in its
-    input's dtype and shape (``None`` where that input needs no gradient)."""
+    input's dtype and shape (``None`` where that input needs no gradient). The accumulators are
+    scaled in place and become the gradients (no second copy of ``n x d``)."""
     t = logit_scale.detach().to(image_acc.dtype)
     grad_x = grad_y = grad_t = grad_b = None
-    if needs[0]:
-        grad_x = (image_acc * (t / norm)).to(image_features.dtype)
-    if needs[1]:
-        grad_y = (text_acc * (t / norm)).to(text_features.dtype)
-    if needs[2]:
+    if needs[2]:  # before image_acc is scaled
         grad_t = ((image_features.to(image_acc.dtype) * image_acc).sum() / norm).to(logit_scale.dtype)
         grad_t = grad_t.reshape(logit_scale.shape)
     if needs[3]:
         grad_b = (g_sum / norm).to(logit_bias.dtype).reshape(logit_bias.shape)
+    if needs[0]:
+        grad_x = image_acc.mul_(t / norm).to(image_features.dtype)
+    if needs[1]:
+        grad_y = text_acc.mul_(t / norm).to(text_features.dtype)
     return grad_x, grad_y, grad_t, grad_b
+
+
+def scale_saved_gradients(ctx, grad_output):
+    """Backward of the losses that compute their gradients in forward: scale them in place."""
+    if getattr(ctx, "grads", None) is None:
+        raise RuntimeError("this loss computes its gradients during forward and can be backpropagated once; "
+                           "recompute the loss instead of retain_graph=True")
+    grads = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in ctx.grads]
+    ctx.grads = None
+    return grads
 
 
 class TiledSigmoidFunction(torch.autograd.Function):
@@ -58,9 +69,7 @@ class TiledSigmoidFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grads = [None if g is None else (g * grad_output).to(g.dtype) for g in ctx.grads]
-        del ctx.grads
-        return (*grads, None)
+        return (*scale_saved_gradients(ctx, grad_output), None)
 
 
 class TiledSigmoidLoss(ContrastiveLoss):
