@@ -43,7 +43,7 @@ def make_loss(impl: str, rank: int, world: int, tile: int):
     import siglip_lightning.losses as ours
 
     return {
-        "chunked": lambda: ours.ChunkedSigmoidLoss(bidirectional=True),
+        "chunked": lambda: ours.ChunkedSigmoidLoss(bidirectional=True),  # bidir, as open_clip
         "chunked-uni": lambda: ours.ChunkedSigmoidLoss(bidirectional=False),
         "chunked-tiled": lambda: ours.ChunkedSigmoidLoss(bidirectional=True, tile=tile),
         "open_clip-bidir": lambda: SigLipLoss(rank=rank, world_size=world, dist_impl="bidir"),

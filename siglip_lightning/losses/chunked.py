@@ -97,7 +97,9 @@ class ChunkedSigmoidLoss(ContrastiveLoss):
 
     Args:
         bidirectional: send text blocks both ways round the ring at once (half the steps, as
-            open_clip's ``bidir``); False sends them one way only.
+            open_clip's ``bidir``; uses both directions of each link). It keeps two blocks and
+            their accumulators in flight instead of one: about 4·b·d more memory per rank
+            (constant for W >= 3). Default one way: per-rank memory the same at every W.
         tile: if set, score each ``b x b`` block in ``tile x tile`` pieces (less memory for a large
             per-rank batch); None scores a block in one piece.
     """
@@ -105,7 +107,7 @@ class ChunkedSigmoidLoss(ContrastiveLoss):
     init_logit_scale = math.log(10.0)
     init_logit_bias = -10.0
 
-    def __init__(self, bidirectional: bool = True, tile: Optional[int] = None) -> None:
+    def __init__(self, bidirectional: bool = False, tile: Optional[int] = None) -> None:
         super().__init__()
         if tile is not None and tile < 1:
             raise ValueError(f"tile must be a positive number of rows or None, got {tile}")

@@ -111,10 +111,11 @@ class ChunkedSoftmaxLoss(SoftmaxLoss):
     ``SoftmaxLoss``. Init as in CLIP: t' = log(1/0.07), no bias (a bias cancels in a softmax).
 
     Args:
-        bidirectional: send text blocks both ways round the ring at once (half the steps).
+        bidirectional: send text blocks both ways round the ring at once (half the steps; about
+            4·b·d more memory per rank). Default one way.
     """
 
-    def __init__(self, bidirectional: bool = True) -> None:
+    def __init__(self, bidirectional: bool = False) -> None:
         super().__init__()
         self.bidirectional = bidirectional
         #: process group of the ring; None is the default (whole world).
