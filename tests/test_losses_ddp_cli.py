@@ -5,7 +5,7 @@ import pytest
 from conftest import run_cli, tiny_fit_args
 
 
-# ~3 minutes on the shared 2-core machine (two Lightning processes start and import everything).
+# 66 s to 3 min on the shared 2-core machine, depending on its load (two Lightning processes start).
 @pytest.mark.slow
 def test_two_process_ddp_fit_with_chunked_loss(tmp_path):
     # The tiny data has 4 shards, so split_dataset_by_node gives each of the 2 ranks 2 whole shards
