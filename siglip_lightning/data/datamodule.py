@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Sequence
 
@@ -189,8 +190,16 @@ class ImageTextDataModule(L.LightningDataModule):
             shuffle_buffer=self.hparams.shuffle_buffer if train else 0, rank=rank, world_size=world,
             holdout=self._holdout(train) if split == "train" else None, id_column=self.id_column,
             min_image_side=self.hparams.min_image_side, max_image_pixels=self.hparams.max_image_pixels,
-            max_skip_fraction=self.hparams.max_skip_fraction,
+            max_skip_fraction=self.hparams.max_skip_fraction, image_root=self._image_root(),
         )
+
+    def _image_root(self) -> Optional[str]:
+        """Where relative image paths of a local jsonl/csv point: the folder of the file(s)."""
+        local = os.path.expanduser(self._resolved_path())
+        if os.path.isdir(local):
+            return local
+        parent = os.path.dirname(local)
+        return parent if parent and not any(c in parent for c in "*?[") and os.path.isdir(parent) else None
 
     def _loader(self, split: str, train: bool) -> StreamLoader:
         return StreamLoader(

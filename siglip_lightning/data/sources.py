@@ -15,7 +15,7 @@ import datasets
 
 from siglip_lightning.errors import UserInputError
 
-IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
+IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "image_path", "file_name", "filename")
 TEXT_COLUMNS = ("text", "caption", "txt", "captions", "sentences", "sentence", "title")
 ID_COLUMNS = ("id", "__key__", "key", "uid", "sample_id")
 _BUILDER_BY_SUFFIX = {".parquet": "parquet", ".tar": "webdataset", ".jsonl": "json", ".json": "json", ".csv": "csv"}

@@ -9,6 +9,7 @@ Random choices (caption from a list, augmentation) are seeded by the position to
 from __future__ import annotations
 
 import io
+import os
 import random
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -37,8 +38,11 @@ class BadSample(Exception):
         self.reason = reason
 
 
-def open_image(value: Any) -> Image.Image:
-    """A lazily decoded PIL image from a column value: PIL, bytes, {'bytes', 'path'} or a path."""
+def open_image(value: Any, root: Optional[str] = None) -> Image.Image:
+    """A lazily decoded PIL image from a column value: PIL, bytes, {'bytes', 'path'} or a path
+    (relative paths are taken from ``root``, the folder of a jsonl/csv file that lists them)."""
+    if isinstance(value, str) and root and not os.path.isabs(value):
+        value = os.path.join(root, value)
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, (bytes, bytearray)):
@@ -78,12 +82,13 @@ def check_caption(value: Any, rng: random.Random) -> str:
     return caption
 
 
-def load_checked(value: Any, draft_size: int, min_side: int, max_pixels: int) -> Image.Image:
+def load_checked(value: Any, draft_size: int, min_side: int, max_pixels: int,
+                 root: Optional[str] = None) -> Image.Image:
     """Open, check the size from the header, decode (JPEG at a reduced scale when larger than needed)."""
     if value is None or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
         raise BadSample("image_missing")
     try:
-        image = open_image(value)
+        image = open_image(value, root)
     except Exception:  # any decoder error means the same here: unusable bytes
         raise BadSample("image_undecodable") from None
     width, height = image.size
@@ -137,6 +142,7 @@ class PairStream(IterableDataset):
         max_image_pixels: images with more pixels are skipped (before decoding).
         max_skip_fraction: a worker that has skipped more than this fraction of at least 50 samples
             stops the run with an error (the data is mostly bad).
+        image_root: folder that relative image paths in the image column are relative to.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class PairStream(IterableDataset):
         min_image_side: int = MIN_IMAGE_SIDE,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_skip_fraction: float = 0.5,
+        image_root: Optional[str] = None,
     ) -> None:
         self.source = source
         self.image_column = image_column
@@ -168,6 +175,7 @@ class PairStream(IterableDataset):
         self.id_column = id_column
         self.min_image_side, self.max_image_pixels = min_image_side, max_image_pixels
         self.max_skip_fraction = max_skip_fraction
+        self.image_root = image_root
         self.epoch = 0
         self.start_positions: Dict[int, int] = {}
         self.worker_offset = 0
@@ -212,7 +220,8 @@ class PairStream(IterableDataset):
         """Model inputs from one raw example, or :class:`BadSample`."""
         caption = check_caption(example.get(self.text_column), rng)
         size = getattr(self.image_transform, "image_size", 0)
-        image = load_checked(example.get(self.image_column), size, self.min_image_side, self.max_image_pixels)
+        image = load_checked(example.get(self.image_column), size, self.min_image_side, self.max_image_pixels,
+                             self.image_root)
         try:
             pixels = self.image_transform(image, rng=rng)
         except TypeError:  # a user transform without rng
@@ -227,7 +236,8 @@ class PairStream(IterableDataset):
         num_workers = info.num_workers if info else 1
         worker = ((info.id if info else 0) + self.worker_offset) % num_workers
         start = self.start_positions.get(worker, 0)
-        skipped: Counter = Counter()
+        skipped: Counter = Counter()  # since the last yielded sample
+        totals: Counter = Counter()  # this pass, for the error message
         seen = bad = 0
         for position, example in enumerate(self.raw_examples(worker, num_workers)):
             if position < start:  # resume: replay the order without decoding
@@ -238,16 +248,19 @@ class PairStream(IterableDataset):
                 sample = self.make_sample(example, rng)
             except BadSample as skip:
                 skipped[skip.reason] += 1
+                totals[skip.reason] += 1
                 bad += 1
-                if seen >= _GUARD_AFTER and bad > self.max_skip_fraction * seen:
-                    raise UserInputError(self._mostly_bad(seen, bad, skipped))
+                sample = None
+            if seen >= _GUARD_AFTER and bad > self.max_skip_fraction * seen:
+                raise UserInputError(self._mostly_bad(seen, bad, totals))
+            if sample is None:
                 continue
             sample["skipped"] = dict(skipped)
             sample["_pos"] = (worker, position + 1)
             skipped.clear()
             yield sample
         if seen >= 8 and bad == seen:
-            raise UserInputError(self._mostly_bad(seen, bad, skipped))
+            raise UserInputError(self._mostly_bad(seen, bad, totals))
 
     def _mostly_bad(self, seen: int, bad: int, skipped: Counter) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))

@@ -1,0 +1,202 @@
+"""The stream on its own: disjoint shards per rank and worker, exact resume, bad samples, modes."""
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from siglip_lightning.data.loader import StreamLoader
+from siglip_lightning.data.shards import plan_slot
+from siglip_lightning.data.sources import open_splits
+from siglip_lightning.data.stream import PairStream, collate_pairs, decode_image
+from siglip_lightning.data.tokenizer import ClipTokenizer
+from siglip_lightning.data.transforms import ImageTransform, to_rgb
+from siglip_lightning.errors import UserInputError
+from tests.data_factory import caption, image_bytes, pairs, write_parquet
+
+
+def fake_tokenizer(texts):
+    return torch.tensor([[len(t), sum(map(ord, t)) % 1000] for t in texts])
+
+
+def stream_of(path, rank=0, world=1, **kwargs) -> PairStream:
+    source = open_splits(str(path))["train"]
+    import datasets
+
+    source = source.cast_column("image", datasets.Image(decode=False))
+    kwargs.setdefault("id_column", "id")
+    return PairStream(source, "image", "text", ImageTransform(8), fake_tokenizer, rank=rank, world_size=world,
+                      **kwargs)
+
+
+def loader_of(stream, batch_size, workers, drop_last=True, start_fn=None):
+    return StreamLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate_pairs,
+                        drop_last=drop_last, epoch_fn=lambda: stream.epoch, start_fn=start_fn)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("world,workers", [(2, 2), (3, 2), (2, 3)])
+def test_slots_partition_every_example_exactly_once(num_shards, world, workers):
+    rng = np.random.default_rng(num_shards)
+    lengths = rng.integers(0, 20, size=num_shards)
+    for epoch in (0, 1):
+        seen = Counter()
+        for rank in range(world):
+            for worker in range(workers):
+                slot = plan_slot(num_shards, rank, world, worker, workers, seed=3, epoch=epoch, shuffle=True)
+                seen.update((s, j) for s in slot.shards for j in range(lengths[s]) if slot.keeps(j))
+        expected = {(s, j) for s in range(num_shards) for j in range(lengths[s])}
+        assert set(seen) == expected and set(seen.values()) <= {1}
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    """6 parquet shards of uneven sizes (shard-level split for 2 ranks), 48 pairs."""
+    return write_parquet(tmp_path_factory.mktemp("uneven"), pairs(48), [11, 3, 9, 14, 4, 7])
+
+
+@pytest.mark.parametrize("shards", [[11, 3, 9, 14, 4, 7], [20, 13, 15], [48]])
+def test_two_ranks_two_workers_read_every_id_once(tmp_path, shards):
+    folder = write_parquet(tmp_path, pairs(48), shards)
+    for epoch in (0, 1):
+        ids = Counter()
+        for rank in range(2):
+            stream = stream_of(folder, rank, 2, shuffle_buffer=5)
+            stream.set_epoch(epoch)
+            for batch in loader_of(stream, batch_size=1, workers=2, drop_last=False):
+                ids.update(batch["id"].tolist())
+        assert sorted(ids) == list(range(48)) and set(ids.values()) == {1}
+
+
+def test_drop_is_at_most_a_partial_batch_per_worker(uneven):
+    ids, batches = Counter(), []
+    for rank in range(2):
+        stream = stream_of(uneven, rank, 2, shuffle_buffer=5)
+        batches.append(0)
+        for batch in loader_of(stream, batch_size=4, workers=2):
+            ids.update(batch["id"].tolist())
+            batches[-1] += 1
+    assert set(ids.values()) == {1}
+    assert 48 - len(ids) <= 2 * 2 * 3  # ranks x workers x (batch_size - 1)
+
+
+def test_shuffle_changes_with_epoch_and_is_seeded(uneven):
+    def order(epoch, seed):
+        stream = stream_of(uneven, shuffle_buffer=8, seed=seed)
+        stream.set_epoch(epoch)
+        return [i for b in loader_of(stream, 1, 0, False) for i in b["id"].tolist()]
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(1, 0) and sorted(order(0, 0)) == sorted(order(1, 0))
+    assert order(0, 0) != order(0, 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_reads_exactly_what_the_uninterrupted_run_would(uneven, workers):
+    def fresh():
+        stream = stream_of(uneven, shuffle_buffer=6, seed=1)
+        stream.image_transform = ImageTransform(8, augment=True)  # random crops must replay too
+        stream.set_epoch(2)
+        return stream
+
+    full = list(loader_of(fresh(), batch_size=3, workers=workers))
+    k = 5
+    positions, last = {}, -1
+    for batch in full[:k]:  # what the datamodule records as batches reach the model
+        last, positions[last] = batch["_stream"]
+    offset = (last + 1) % max(1, workers)
+    rest = list(loader_of(fresh(), batch_size=3, workers=workers, start_fn=lambda epoch: (positions, offset)))
+    assert len(rest) == len(full) - k > 0
+    for a, b in zip(full[k:], rest):
+        assert a["id"].tolist() == b["id"].tolist()
+        assert torch.equal(a["image"], b["image"])
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_samples_are_skipped_and_counted_and_odd_modes_converted(tmp_path):
+    good = pairs(30)
+    jpeg = image_bytes(1, size=(30, 30))
+    cmyk = image_bytes(2, size=(30, 30), mode="CMYK")
+    rgba = Image.new("RGBA", (12, 12), (255, 0, 0, 0))  # fully transparent red -> white
+    palette = Image.new("P", (12, 12), 3)
+    sixteen = Image.fromarray(np.full((12, 12), 4000, dtype=np.uint16))
+    la = Image.new("LA", (12, 12), (100, 255))
+    bad = {
+        "image_undecodable": [b"definitely not an image", jpeg[: len(jpeg) // 2]],
+        "image_missing": [None],
+        "image_too_small": [image_bytes(3, size=(2, 9), fmt="PNG")],
+        "image_too_large": [image_bytes(4, size=(64, 64), fmt="PNG")],
+        "caption_missing": ["NONE"],
+        "caption_empty": ["   "],
+    }
+    rows, expected = [], Counter()
+    for i, row in enumerate(good):
+        rows.append(row)
+        if i < 20 and i % 2 == 0:  # interleave bad rows among good ones (never at the tail)
+            reason = list(bad)[(i // 2) % len(bad)]
+            values = bad[reason]
+            value = values[(i // 2 // len(bad)) % len(values)]
+            row = {"id": 1000 + i, "image": image_bytes(i), "text": caption(i)}
+            if reason.startswith("caption"):
+                row["text"] = None if value == "NONE" else value
+            else:
+                row["image"] = value
+            rows.append(row)
+            expected[reason] += 1
+    odd = [cmyk, _png(rgba), _png(palette), _png(sixteen), _png(la)]
+    rows += [{"id": 2000 + k, "image": v, "text": "odd mode"} for k, v in enumerate(odd)]
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),
+                                  "id": datasets.Value("int64")})
+    table = {"image": [None if r["image"] is None else {"bytes": r["image"], "path": None} for r in rows],
+             "text": [r["text"] for r in rows], "id": [r["id"] for r in rows]}
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(tmp_path / "train.parquet"))
+
+    stream = stream_of(tmp_path / "train.parquet", max_image_pixels=40 * 40)
+    samples = list(stream)
+    skipped = Counter()
+    for s in samples:
+        skipped.update(s["skipped"])
+    assert skipped == expected and all(expected[r] for r in bad)
+    ids = [s["id"] for s in samples]
+    assert ids == [r["id"] for r in good] + [2000 + k for k in range(len(odd))]
+    converted = {s["id"]: s["image"] for s in samples if s["id"] >= 2000}
+    assert all(t.shape == (3, 8, 8) and t.abs().max() <= 1 for t in converted.values())
+    assert torch.allclose(converted[2001], torch.ones(3, 8, 8))  # transparent -> white
+    assert torch.allclose(converted[2003], torch.full((3, 8, 8), 1.0))  # 16-bit constant -> its max
+    la_rgb = np.asarray(to_rgb(la))
+    assert la_rgb.shape == (12, 12, 3) and (la_rgb == 100).all()
+    assert np.asarray(to_rgb(decode_image(cmyk))).shape == (30, 30, 3)
+
+
+def test_mostly_bad_data_stops_with_a_clear_error(tmp_path):
+    rows = pairs(60)
+    for r in rows[:45]:
+        r["image"] = b"broken"
+    write_parquet(tmp_path, rows, [60])
+    with pytest.raises(UserInputError, match="mostly bad: 45 of 50 .*image_undecodable=45"):
+        list(stream_of(tmp_path))
+
+
+def test_clip_tokenizer_matches_open_clip_and_pads_with_end_token():
+    import open_clip
+
+    texts = ["a red circle!", "Hello there, what a long caption this is going to be for sure", "!"]
+    ours = ClipTokenizer(context_length=12)(texts)
+    theirs = open_clip.tokenize(texts, context_length=12)
+    end = 49407
+    for row_ours, row_theirs in zip(ours, theirs):
+        n = int((row_theirs == end).nonzero()[0]) + 1
+        assert torch.equal(row_ours[:n], row_theirs[:n])
+        assert (row_ours[n:] == end).all()
+    assert ours.shape == (3, 12)
