@@ -89,7 +89,7 @@ def write_files(folder: Path, rows: Sequence[dict], kind: str) -> Path:
 
 
 class RecordIds(Callback):
-    """Appends ``[global_step, ids...]`` of every training batch to a jsonl file; may die at a step.
+    """Appends ``[global_step, rank, ids, epoch]`` of every training batch to a jsonl file; may die at a step.
 
     Args:
         path: file to append to.
@@ -101,7 +101,8 @@ class RecordIds(Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps([trainer.global_step, trainer.global_rank, [int(i) for i in batch["id"]]]) + "\n")
+            f.write(json.dumps([trainer.global_step, trainer.global_rank, [int(i) for i in batch["id"]],
+                                trainer.current_epoch]) + "\n")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.die_at_step is not None and trainer.global_step >= self.die_at_step:
