@@ -200,3 +200,14 @@ def test_clip_tokenizer_matches_open_clip_and_pads_with_end_token():
         assert torch.equal(row_ours[:n], row_theirs[:n])
         assert (row_ours[n:] == end).all()
     assert ours.shape == (3, 12)
+
+
+def test_transform_matches_the_plain_formula():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.5)
+    ours = ImageTransform(16, mean=mean, std=std)(image)
+    resized = np.asarray(image.resize((16, 16), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.float64)
+    plain = (resized / 255 - np.array(mean)) / np.array(std)
+    assert np.allclose(ours.permute(1, 2, 0).numpy(), plain, atol=1e-5)
+    assert torch.allclose(ImageTransform(16)(Image.new("RGB", (9, 9), (255, 0, 128))),
+                          torch.tensor([1.0, -1.0, 128 / 127.5 - 1]).view(3, 1, 1).expand(3, 16, 16), atol=1e-6)

@@ -29,6 +29,8 @@ class ImageTransform:
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._scale = 1.0 / (255.0 * self.std)
+        self._offset = self.mean / self.std
         self.augment = augment
 
     @staticmethod
@@ -51,8 +53,9 @@ class ImageTransform:
         if self.augment and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.uint8)
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        return (tensor - self.mean) / self.std
+        # one float copy, then in place: (x / 255 - mean) / std = x * scale - offset
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float()  # copy: np.asarray of PIL is read-only
+        return tensor.mul_(self._scale).sub_(self._offset)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
