@@ -211,3 +211,22 @@ def test_transform_matches_the_plain_formula():
     assert np.allclose(ours.permute(1, 2, 0).numpy(), plain, atol=1e-5)
     assert torch.allclose(ImageTransform(16)(Image.new("RGB", (9, 9), (255, 0, 128))),
                           torch.tensor([1.0, -1.0, 128 / 127.5 - 1]).view(3, 1, 1).expand(3, 16, 16), atol=1e-6)
+
+
+def test_a_list_of_captions_gives_one_caption_per_visit(tmp_path):
+    import datasets
+
+    options = [f"caption number {k}" for k in range(6)]
+    table = {"image": [{"bytes": image_bytes(i), "path": None} for i in range(12)],
+             "captions": [options + [""] for _ in range(12)], "id": list(range(12))}
+    datasets.Dataset.from_dict(table).cast_column("image", datasets.Image()).to_parquet(str(tmp_path / "t.parquet"))
+
+    def texts(epoch):
+        stream = PairStream(open_splits(str(tmp_path / "t.parquet"))["train"].cast_column(
+            "image", datasets.Image(decode=False)), "image", "captions", ImageTransform(8), lambda t: t)
+        stream.set_epoch(epoch)
+        return [s["text"] for s in stream]
+
+    first = texts(0)
+    assert set(first) <= set(options) and len(set(first)) > 1  # one of the list, never the empty one
+    assert texts(0) == first and texts(1) != first  # seeded by (epoch, position)
