@@ -230,3 +230,33 @@ def test_a_list_of_captions_gives_one_caption_per_visit(tmp_path):
     first = texts(0)
     assert set(first) <= set(options) and len(set(first)) > 1  # one of the list, never the empty one
     assert texts(0) == first and texts(1) != first  # seeded by (epoch, position)
+
+
+def _rank_main(rank, folder, out):
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=2)
+    stream = stream_of(folder, rank, 2, shuffle_buffer=4)
+    ids = [b["id"].tolist() for b in loader_of(stream, batch_size=2, workers=2)]
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(ids, f)
+    dist.destroy_process_group()
+
+
+def test_uneven_ranks_stop_together_under_a_real_process_group(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    # 4 shards split 2/2 by rank, in the epoch-0 order: one rank holds far more than the other
+    folder = write_parquet(tmp_path / "d", pairs(60), [4, 30, 6, 20])
+    mp.start_processes(_rank_main, args=(str(folder), str(tmp_path / "out")), nprocs=2, join=True,
+                       start_method="fork")  # fork: no re-import of torch and datasets in the children
+    batches = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    assert len(batches[0]) == len(batches[1]) > 0
+    ids = [i for rank in batches for b in rank for i in b]
+    assert len(ids) == len(set(ids))
+    alone = [len(list(loader_of(stream_of(folder, r, 2, shuffle_buffer=4), 2, 2))) for r in range(2)]
+    assert min(alone) == len(batches[0]) < max(alone)  # without the agreement one rank would step more
