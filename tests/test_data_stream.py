@@ -260,3 +260,25 @@ def test_uneven_ranks_stop_together_under_a_real_process_group(tmp_path):
     assert len(ids) == len(set(ids))
     alone = [len(list(loader_of(stream_of(folder, r, 2, shuffle_buffer=4), 2, 2))) for r in range(2)]
     assert min(alone) == len(batches[0]) < max(alone)  # without the agreement one rank would step more
+
+
+def test_a_corrupt_shard_and_an_unconvertible_image_are_skipped_and_counted(tmp_path):
+    write_parquet(tmp_path, pairs(30), [10, 10, 10])
+    shard = sorted(tmp_path.glob("*.parquet"))[1]
+    shard.write_bytes(shard.read_bytes()[:500])
+
+    def picky(image):  # stands in for a colour mode PIL cannot turn into RGB
+        if image.getpixel((0, 0)) == image_bytes_first_pixel:
+            raise ValueError("conversion from this mode is not supported")
+        return ImageTransform(8)(image)
+
+    image_bytes_first_pixel = Image.open(io.BytesIO(image_bytes(3))).convert("RGB").getpixel((0, 0))
+    stream = stream_of(tmp_path)
+    stream = PairStream(stream.source, "image", "text", picky, fake_tokenizer, id_column="id")
+    with pytest.warns(UserWarning, match="skipping the rest of data shard 1"):
+        samples = list(stream)
+    skipped = Counter()
+    for s in samples:
+        skipped.update(s["skipped"])
+    assert skipped == {"shard_unreadable": 1, "image_unconvertible": 1}
+    assert [s["id"] for s in samples] == [i for i in list(range(10)) + list(range(20, 30)) if i != 3]

@@ -8,9 +8,11 @@ Random choices (caption from a list, augmentation) are seeded by the position to
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import random
+import warnings
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -23,11 +25,15 @@ from siglip_lightning.data.sources import iter_shard
 from siglip_lightning.errors import UserInputError
 
 SKIP_REASONS = (
-    "image_missing", "image_undecodable", "image_too_small", "image_too_large", "caption_missing", "caption_empty",
+    "image_missing", "image_undecodable", "image_too_small", "image_too_large", "image_unconvertible",
+    "caption_missing", "caption_empty", "shard_unreadable",
 )
 MIN_IMAGE_SIDE = 4
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are skipped before decoding (memory, time)
 _GUARD_AFTER = 50  # examples a worker reads before the bad-fraction guard may stop the run
+
+
+_UNREADABLE = {"__shard_unreadable__": True}  # marks a shard that failed part-way, in the raw order
 
 
 class BadSample(Exception):
@@ -176,6 +182,7 @@ class PairStream(IterableDataset):
         self.min_image_side, self.max_image_pixels = min_image_side, max_image_pixels
         self.max_skip_fraction = max_skip_fraction
         self.image_root = image_root
+        self._transform_takes_rng = "rng" in inspect.signature(image_transform).parameters
         self.epoch = 0
         self.start_positions: Dict[int, int] = {}
         self.worker_offset = 0
@@ -201,14 +208,18 @@ class PairStream(IterableDataset):
         def in_file_order():
             for shard in slot.shards:
                 kept = 0
-                for r, example in enumerate(iter_shard(self.source, shard)):
-                    if self.holdout is not None:
-                        k, heldout = self.holdout
-                        if (r % k == k - 1) != heldout:
-                            continue
-                    j, kept = kept, kept + 1
-                    if slot.keeps(j):
-                        yield example
+                try:
+                    for r, example in enumerate(iter_shard(self.source, shard)):
+                        if self.holdout is not None:
+                            k, heldout = self.holdout
+                            if (r % k == k - 1) != heldout:
+                                continue
+                        j, kept = kept, kept + 1
+                        if slot.keeps(j):
+                            yield example
+                except Exception as err:  # a corrupt or truncated file: keep what was read, go on
+                    warnings.warn(f"skipping the rest of data shard {shard}: {type(err).__name__}: {err}")
+                    yield _UNREADABLE
 
         if self.shuffle_buffer <= 0:
             return in_file_order()
@@ -218,14 +229,16 @@ class PairStream(IterableDataset):
     # --- decoding -----------------------------------------------------------------------------------
     def make_sample(self, example: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
         """Model inputs from one raw example, or :class:`BadSample`."""
+        if example.get("__shard_unreadable__"):
+            raise BadSample("shard_unreadable")
         caption = check_caption(example.get(self.text_column), rng)
         size = getattr(self.image_transform, "image_size", 0)
         image = load_checked(example.get(self.image_column), size, self.min_image_side, self.max_image_pixels,
                              self.image_root)
         try:
-            pixels = self.image_transform(image, rng=rng)
-        except TypeError:  # a user transform without rng
-            pixels = self.image_transform(image)
+            pixels = self.image_transform(image, rng=rng) if self._transform_takes_rng else self.image_transform(image)
+        except Exception:  # e.g. a colour mode with no conversion to RGB
+            raise BadSample("image_unconvertible") from None
         sample = {"image": pixels, "text": self.tokenizer([caption])[0]}
         if self.id_column is not None:
             sample["id"] = example.get(self.id_column)
