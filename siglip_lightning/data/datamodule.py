@@ -138,7 +138,8 @@ class ImageTextDataModule(L.LightningDataModule):
             train = self._open()["train"]
             text_column = pick_column(column_names(train), self.hparams.text_column, TEXT_COLUMNS,
                                       "text", "data.text_column")
-            captions = (ex[text_column] for ex in itertools.islice(train, self.hparams.tokenizer_train_samples))
+            rows = itertools.islice(train.select_columns([text_column]), self.hparams.tokenizer_train_samples)
+            captions = (ex[text_column] for ex in rows)  # the text column only: no image bytes read into Python
             flat = (c for cap in captions for c in (cap if isinstance(cap, (list, tuple)) else [cap]))
             train_sentencepiece(flat, model_file, self.hparams.vocab_size)
 
