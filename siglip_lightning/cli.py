@@ -29,7 +29,12 @@ def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
 
 def main(args: Optional[List[str]] = None) -> None:
     """Console script entry point. Returns None: a returned CLI object would make the exit code 1."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["train-tokenizer"]:  # the one subcommand LightningCLI does not own
+            from siglip_lightning.data.train_tokenizer import main as train_tokenizer
+
+            return train_tokenizer(argv[1:])
         cli_main(args)
     except UserInputError as err:
         print(f"siglip-lightning: error: {err}", file=sys.stderr)
