@@ -14,9 +14,9 @@ class EvalCallback(Callback):
     """Runs :meth:`evaluate` every ``every_n_steps`` training steps and/or at the end of each validation.
 
     Metrics are logged as ``<prefix>/<name>/<metric>``. Every rank takes part (the work is split
-    between ranks) and logs the same, already global, values, so no ``sync_dist`` is needed.
+    between ranks) and logs the same, already global, values.
     Under ``trainer.validate`` the evaluation runs at the end of the validation loop, which
-    Lightning runs only when the datamodule has a validation split.
+    Lightning runs only when the datamodule has a validation split (setup says so if not).
 
     Args:
         name: label of this evaluation in the logged metric names.
@@ -62,11 +62,27 @@ class EvalCallback(Callback):
             module.train(was_training)
         self.last_metrics, self._last_step = metrics, trainer.global_step
         for key, value in metrics.items():
-            module.log(f"{self.prefix}/{self.name}/{key}", float(value), on_step=on_step, on_epoch=not on_step)
+            # Every rank holds the same global value; sync_dist only tells Lightning so (no warning).
+            module.log(f"{self.prefix}/{self.name}/{key}", float(value), on_step=on_step, on_epoch=not on_step,
+                       sync_dist=True)
         rank_zero_info(f"{self.prefix} {self.name} (step {trainer.global_step}): {self.summary(metrics)}")
         return metrics
 
     # --- hooks -----------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "validate" or not self.at_validation:
+            return
+        # Lightning skips the whole validation loop (and so this callback) when there is no
+        # validation data: say so instead of finishing silently without a number.
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        empty = loader is None or (isinstance(loader, (list, tuple, dict)) and len(loader) == 0)
+        if empty or trainer.limit_val_batches == 0:
+            raise UserInputError(
+                f"{type(self).__name__} {self.name!r} runs at the end of the validation loop, which Lightning "
+                "skips here: the data has no validation split (or trainer.limit_val_batches is 0). Point "
+                "data.path at data with a validation split (e.g. the run's own training data), keeping "
+                "data.tokenizer_path / the run's data settings; see docs/EVALUATION.md")
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         # With gradient accumulation several batches end on one step: evaluate once.
