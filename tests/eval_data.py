@@ -15,16 +15,22 @@ from siglip_lightning.data.synthetic import ShapesSpec, make_pair, make_zeroshot
 SPEC = ShapesSpec(image_size=32, num_colors=4, num_shapes=3)
 
 
-def make_imagefolder(root: Path, per_class: int = 2, folder_names: List[str] = None) -> Path:
-    """``root/<class>/<i>.png``; folder names default to the class names ("red circle", ...)."""
-    names = folder_names or SPEC.class_names
+def make_imagefolder(root: Path, per_class: int = 2) -> Path:
+    """``root/<class name>/<i>.png`` ("blue circle", ...): labels come from the folder names."""
     for index in range(per_class * len(SPEC.class_names)):
         image, label = make_zeroshot_example(SPEC, index)
-        if label >= len(names):
-            continue
-        folder = root / names[label]
+        folder = root / SPEC.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{index:05d}.png").write_bytes(image)
+    return root
+
+
+def make_wnid_folder(root: Path, num_classes: int = 1000) -> Path:
+    """An ImageNet-val-like layout: ``root/n00000000/... n00000999/``, one image in each."""
+    for index in range(num_classes):
+        folder = root / f"n{index:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ILSVRC2012_val.png").write_bytes(make_zeroshot_example(SPEC, index)[0])
     return root
 
 

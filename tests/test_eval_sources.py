@@ -137,3 +137,25 @@ def test_validate_without_validation_split_says_so():
     with pytest.raises(UserInputError, match="validation split"):
         callback.setup(trainer, None, "validate")
     callback.setup(trainer, None, "fit")  # during fit, every_n_steps may still run it
+
+
+@pytest.mark.parametrize("name", ["eval_imagenet.yaml", "eval_coco.yaml"])
+def test_eval_configs_parse_after_a_run_config(name, capsys):
+    """The eval configs are layered on a run's config; together they parse, and the callbacks build."""
+    import yaml
+    from lightning.pytorch.cli import instantiate_class
+
+    from siglip_lightning.cli import cli_main
+    from tests.conftest import REPO
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["validate", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                  "--config", str(REPO / "configs" / name), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    callbacks = printed["trainer"]["callbacks"]
+    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] in (["ZeroShotClassification"], ["Retrieval"])
+    for callback in callbacks:
+        built = instantiate_class((), callback)
+        if isinstance(built, ZeroShotClassification):
+            assert len(built.class_names) == 1000 and len(built.templates) == 80
