@@ -83,6 +83,7 @@ def test_ddp_two_processes_match_one(single, tmp_path, data):
     assert two == one
 
 
+@pytest.mark.slow  # ~30 s of CPU (1000-class stand-in ImageNet); the configs' parsing is a default test
 def test_validate_checkpoint_with_shipped_eval_configs(single, tmp_path, data):
     root, fit_metrics = single
     run_config = next(root.rglob("config.yaml"))
