@@ -136,7 +136,9 @@ def test_validate_without_validation_split_says_so():
     trainer = SimpleNamespace(datamodule=SimpleNamespace(val_dataloader=lambda: []), limit_val_batches=1.0)
     with pytest.raises(UserInputError, match="validation split"):
         callback.setup(trainer, None, "validate")
-    callback.setup(trainer, None, "fit")  # during fit, every_n_steps may still run it
+    with pytest.warns(UserWarning, match="will not run"):
+        callback.setup(trainer, None, "fit")
+    Retrieval(name="coco", path="unused.json", every_n_steps=10).setup(trainer, None, "fit")  # runs on steps
 
 
 @pytest.mark.parametrize("name", ["eval_imagenet.yaml", "eval_coco.yaml"])

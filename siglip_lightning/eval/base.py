@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from siglip_lightning.errors import UserInputError
 
@@ -70,18 +70,24 @@ class EvalCallback(Callback):
 
     # --- hooks -----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "validate" or not self.at_validation:
+        if stage not in ("fit", "validate") or not self.at_validation:
             return
         # Lightning skips the whole validation loop (and so this callback) when there is no
         # validation data: say so instead of finishing silently without a number.
         loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
         empty = loader is None or (isinstance(loader, (list, tuple, dict)) and len(loader) == 0)
-        if empty or trainer.limit_val_batches == 0:
-            raise UserInputError(
-                f"{type(self).__name__} {self.name!r} runs at the end of the validation loop, which Lightning "
-                "skips here: the data has no validation split (or trainer.limit_val_batches is 0). Point "
-                "data.path at data with a validation split (e.g. the run's own training data), keeping "
-                "data.tokenizer_path / the run's data settings; see docs/EVALUATION.md")
+        if not (empty or trainer.limit_val_batches == 0):
+            return
+        if stage == "fit":
+            if not self.every_n_steps:
+                rank_zero_warn(f"{type(self).__name__} {self.name!r} will not run: there is no validation loop "
+                               "(no validation split or limit_val_batches=0) and every_n_steps is not set")
+            return
+        raise UserInputError(
+            f"{type(self).__name__} {self.name!r} runs at the end of the validation loop, which Lightning "
+            "skips here: the data has no validation split (or trainer.limit_val_batches is 0). Point "
+            "data.path at data with a validation split (e.g. the run's own training data), keeping "
+            "data.tokenizer_path / the run's data settings; see docs/EVALUATION.md")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
