@@ -140,3 +140,27 @@ def test_topk_accuracy_hand_made():
                              [0.2, 0.1, 0.7]])  # label 2: rank 1
     labels = torch.tensor([0, 1, 2, 2])
     assert topk_accuracy(features, labels, classifier, ks=(1, 2, 3)) == {"top1": 0.5, "top2": 0.75, "top3": 1.0}
+
+
+def test_perfect_model_with_shuffled_answers_is_at_chance():
+    """Right embeddings, wrong answer key: the caption -> image assignment shuffled."""
+    generator = torch.Generator().manual_seed(6)
+    num_images, per_image, k = 400, 5, 10
+    images, texts, caption_image = random_set(num_images, per_image, 64, generator, noise=0.02)
+    assert recall_at_k(images, texts, caption_image, (k,))["text_to_image_R@10"] == 1.0
+    shuffled = caption_image[torch.randperm(caption_image.shape[0], generator=generator)]
+    recalls = recall_at_k(images, texts, shuffled, (k,), query_chunk=128, key_chunk=700)
+    captions = num_images * per_image
+    for value, expected, queries in (
+            (recalls["text_to_image_R@10"], k / num_images, captions),
+            (recalls["image_to_text_R@10"], 1 - math.comb(captions - per_image, k) / math.comb(captions, k),
+             num_images)):
+        sigma = math.sqrt(expected * (1 - expected) / queries)
+        assert abs(value - expected) < 4 * sigma + 2e-3, (value, expected)
+    # zero-shot: perfect image features, labels shuffled
+    classifier = F.normalize(torch.randn(40, 32, generator=generator), dim=-1)
+    labels = torch.randint(0, 40, (4000,), generator=generator)
+    shuffled_labels = labels[torch.randperm(4000, generator=generator)]
+    top = topk_accuracy(classifier[labels], shuffled_labels, classifier)
+    for k, chance in ((1, 1 / 40), (5, 5 / 40)):
+        assert abs(top[f"top{k}"] - chance) < 4 * math.sqrt(chance * (1 - chance) / 4000) + 2e-3
