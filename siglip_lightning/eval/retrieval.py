@@ -44,17 +44,19 @@ def per_language_recalls(image_features: torch.Tensor, text_features: torch.Tens
         return distributed_recalls(image_features, text_features, caption_image, ks, **chunks)
     metrics: Dict[str, float] = {}
     tags = [lang if lang is not None else "unknown" for lang in caption_set.caption_language]
-    for language in sorted(set(tags)):
-        keep = torch.tensor([tag == language for tag in tags], device=device)
+    names = sorted(set(tags))
+    code = {name: i for i, name in enumerate(names)}
+    codes = torch.tensor([code[tag] for tag in tags], device=device)
+    for index, language in enumerate(names):
+        keep = codes == index
         images = torch.unique(caption_image[keep])  # sorted
         renumber = torch.full((image_features.shape[0],), -1, dtype=torch.long, device=device)
         renumber[images] = torch.arange(images.shape[0], device=device)
         recalls = distributed_recalls(image_features[images], text_features[keep], renumber[caption_image[keep]],
                                       ks, **chunks)
         metrics.update({f"{language}/{key}": value for key, value in recalls.items()})
-    count = len(set(tags))
     for key in recalls:
-        metrics[key] = sum(metrics[f"{language}/{key}"] for language in set(tags)) / count
+        metrics[key] = sum(metrics[f"{language}/{key}"] for language in names) / len(names)
     return metrics
 
 
