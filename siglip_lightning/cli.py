@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import List, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -10,6 +11,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.errors import TrainingAbortedError, UserInputError
 from siglip_lightning.fault import NonFiniteGuard, RNGStateCallback, install_atomic_io
+from siglip_lightning.fault.distributed import describe_distributed_failure
 from siglip_lightning.fault.validate import check_global_batch_size
 from siglip_lightning.module import SigLIPModule
 
@@ -57,6 +59,13 @@ def main(args: Optional[List[str]] = None) -> None:
     except TrainingAbortedError as err:
         print(f"siglip-lightning: training aborted: {err}", file=sys.stderr)
         sys.exit(3)
+    except Exception as err:
+        message = describe_distributed_failure(err)
+        if message is None:
+            raise
+        traceback.print_exc()  # the details, then the one line that says what they mean
+        print(f"siglip-lightning: error: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ class InjectNonFinite(Callback):
 
 
 class StepRecorder(Callback):
-    """Appends one JSON line per training batch: step, loss, lr, sample ids and RNG draws.
+    """Appends one JSON line per training batch: step, loss, lr, skipped steps, sample ids, RNG draws.
 
     A resumed run appends to the same file, so the file shows what each step saw across restarts.
 
@@ -135,6 +135,9 @@ class StepRecorder(Callback):
             "loss": float(loss.detach()) if loss is not None else None,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
         }
+        skipped = trainer.callback_metrics.get("train/skipped_nonfinite")
+        if skipped is not None:
+            record["skipped_nonfinite"] = int(skipped)
         if isinstance(batch, dict) and "id" in batch:
             ids = batch["id"]
             record["ids"] = ids.tolist() if torch.is_tensor(ids) else list(ids)

@@ -54,28 +54,41 @@ def reseed_from(states: Dict[str, Any], rank: int) -> None:
 class RNGStateCallback(Callback):
     """Puts the RNG states into every checkpoint and restores them when a run resumes.
 
-    The states are restored just before the first training batch after the resume (after the
-    sanity check and the data loader start, which draw random numbers too), so the steps after a
-    resume draw the same numbers as an uninterrupted run. Only global rank 0's states are saved
-    (saving all would need a collective inside checkpointing, which can hang when one rank fails):
-    on other DDP ranks the generators are re-seeded deterministically from rank 0's states and the
-    rank.
+    A resumed run should draw the same random numbers as an uninterrupted one. Lightning creates
+    a new data loader iterator when it resumes, and that draws a number (the workers' base seed).
+    The uninterrupted run drew it too if the checkpoint was taken at the end of an epoch, but not
+    if it was taken mid-epoch. So the states are restored as soon as the checkpoint is loaded
+    (right for a resume at an epoch boundary) and once more before the first batch if that batch
+    is not the first of its epoch (right for a mid-epoch resume).
+
+    Only global rank 0's states are saved (saving all would need a collective inside
+    checkpointing, which can hang when one rank fails): on other DDP ranks the generators are
+    re-seeded deterministically from rank 0's states and the rank.
     """
 
     def __init__(self) -> None:
-        self._pending: Optional[Dict[str, Any]] = None
+        self._saved: Optional[Dict[str, Any]] = None
+        self._rank = 0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._rank = trainer.global_rank
 
     def state_dict(self) -> Dict[str, Any]:
         return collect_rng_states()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self._pending = state_dict
+        self._saved = state_dict
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._rank == 0:
+            restore_rng_states(self._saved)
+        else:
+            reseed_from(self._saved, self._rank)
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        if self._pending is None:
+        if self._saved is None:
             return
-        states, self._pending = self._pending, None
-        if trainer.global_rank == 0:
-            restore_rng_states(states)
-        else:
-            reseed_from(states, trainer.global_rank)
+        if batch_idx > 0:  # resumed mid-epoch: undo the draws of the new iterator
+            self._restore()
+        self._saved = None
