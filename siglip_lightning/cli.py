@@ -11,7 +11,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.errors import TrainingAbortedError, UserInputError
 from siglip_lightning.fault import NonFiniteGuard, RNGStateCallback, install_atomic_io
-from siglip_lightning.fault.distributed import describe_distributed_failure
+from siglip_lightning.fault.distributed import (StopPeersOnFailure, describe_distributed_failure,
+                                                report_distributed_failure)
 from siglip_lightning.fault.validate import check_global_batch_size
 from siglip_lightning.module import SigLIPModule
 
@@ -32,9 +33,11 @@ class SigLIPCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
-        # Every CLI run: RNG states in checkpoints, atomic checkpoint files (docs/RESUMING.md).
+        # Every CLI run: RNG states in checkpoints, atomic checkpoint files, DDP peers stopped on a
+        # failed collective (docs/RESUMING.md).
         if not any(isinstance(cb, RNGStateCallback) for cb in trainer.callbacks):
             trainer.callbacks.insert(0, RNGStateCallback())
+        trainer.callbacks.append(StopPeersOnFailure())
         install_atomic_io(trainer)
         return trainer
 
@@ -60,11 +63,10 @@ def main(args: Optional[List[str]] = None) -> None:
         print(f"siglip-lightning: training aborted: {err}", file=sys.stderr)
         sys.exit(3)
     except Exception as err:
-        message = describe_distributed_failure(err)
-        if message is None:
+        if describe_distributed_failure(err) is None:
             raise
         traceback.print_exc()  # the details, then the one line that says what they mean
-        print(f"siglip-lightning: error: {message}", file=sys.stderr)
+        report_distributed_failure(err)  # unless StopPeersOnFailure already did
         sys.exit(1)
 
 
