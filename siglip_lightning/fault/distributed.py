@@ -24,7 +24,7 @@ def describe_distributed_failure(err: BaseException) -> Optional[str]:
     if not (isinstance(err, dist_error) or (isinstance(err, RuntimeError) and _PEER_FAILURE.search(str(err)))):
         return None
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ("distributed training failed: another rank died or stopped responding, so a collective "
+    return ("distributed training failed: another rank died, did not start or stopped responding, so a collective "
             "operation failed or waited past the process-group timeout (trainer.strategy.init_args.timeout). "
             f"Check the other ranks' logs for the first error. Cause: {first_line}")
 

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import sys
 import time
 from typing import Any, List, Optional
 
@@ -44,6 +45,9 @@ class KillAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         if trainer.global_step != self.step or not _applies(trainer, self.rank):
             return
+        # the wall-clock time lets a test measure how long the other ranks take to give up
+        print(f"KillAtStep: rank {trainer.global_rank} does {self.mode} at step {self.step}, t={time.time():.3f}",
+              file=sys.stderr, flush=True)
         if self.mode == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif self.mode == "exit":
