@@ -91,8 +91,13 @@ def test_resume_restores_model_optimizer_schedule_rng_and_counters(tmp_path):
     # The premise "every epoch starts with the same batch" holds for a stream that restarts each epoch
     # in the same order. A data module that orders each epoch differently and resumes mid-stream may
     # feed other samples here (the batch ids show it); the mid-epoch test below covers that case.
-    if all(a.get("ids") == b.get("ids") for a, b in zip(steps_plain, steps_broken)):
-        _assert_same_numbers(steps_plain, steps_broken, ckpt_plain, ckpt_broken)
+    differ = [a["step"] for a, b in zip(steps_plain, steps_broken) if a.get("ids") != b.get("ids")]
+    if differ:
+        # Seen with the data helper's resumable stream (issue 4): Lightning ends this epoch through
+        # limit_train_batches, the stream position saved is mid-stream, and the resumed run continues
+        # the old epoch's order in the new epoch. Reported to the lead; not this module's code.
+        pytest.xfail(f"data: after a resume at a limit_train_batches epoch end, steps {differ} read other samples")
+    _assert_same_numbers(steps_plain, steps_broken, ckpt_plain, ckpt_broken)
 
 
 def _datamodule_resumes_position() -> bool:
