@@ -1,6 +1,14 @@
 """siglip-lightning: train image-text models with the SigLIP sigmoid loss (and the CLIP baseline)."""
 from siglip_lightning.data import ImageTextDataModule, ShapesSpec
-from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss, SoftmaxLoss
+from siglip_lightning.losses import (
+    ChunkedSigmoidLoss,
+    ChunkedSoftmaxLoss,
+    ContrastiveLoss,
+    DistributedSoftmaxLoss,
+    SigmoidLoss,
+    SoftmaxLoss,
+    TiledSigmoidLoss,
+)
 from siglip_lightning.module import SigLIPModule
 from siglip_lightning.locked import LockedTower
 from siglip_lightning.precomputed import PrecomputedImageTower
@@ -9,6 +17,8 @@ from siglip_lightning.towers import TextTower, VisionTower
 
 __version__ = "0.1.0"
 __all__ = [
+    "ChunkedSigmoidLoss",
+    "ChunkedSoftmaxLoss",
     "ContrastiveLoss",
     "HFTextTower",
     "HFVisionTower",
@@ -16,11 +26,13 @@ __all__ = [
     "OpenCLIPTextTower",
     "OpenCLIPVisionTower",
     "PrecomputedImageTower",
+    "DistributedSoftmaxLoss",
     "ImageTextDataModule",
     "ShapesSpec",
     "SigLIPModule",
     "SigmoidLoss",
     "SoftmaxLoss",
     "TextTower",
+    "TiledSigmoidLoss",
     "VisionTower",
 ]

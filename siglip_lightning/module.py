@@ -13,6 +13,7 @@ from torch import nn
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.init_weights import load_initial_weights
+from siglip_lightning.fault.hparams import module_hparams_to_ignore
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
 
 
@@ -96,7 +97,9 @@ class SigLIPModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Python-built towers/loss are left out of hparams so checkpoints stay weights_only-loadable.
+        self.save_hyperparameters(ignore=module_hparams_to_ignore(image_tower=image_tower, text_tower=text_tower,
+                                                                  loss=loss))
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.loss = loss if loss is not None else SigmoidLoss()

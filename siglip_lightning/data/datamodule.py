@@ -4,34 +4,26 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Dict, Literal, Optional, Sequence
 
 import datasets
 import lightning as L
-from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 
-from siglip_lightning.data.sources import IMAGE_COLUMNS, TEXT_COLUMNS, column_names, open_splits, pick_column
-from siglip_lightning.data.stream import PairStream, collate_pairs
+from siglip_lightning.data.loader import StreamLoader
+from siglip_lightning.data.sources import (
+    ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, column_names, open_splits, pick_column,
+)
+from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
-from siglip_lightning.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.data.transforms import ImageTransform
 from siglip_lightning.errors import UserInputError
 
 BUILTIN = "builtin"
-
-
-class _EpochAwareLoader(DataLoader):
-    """Calls ``set_epoch`` on its iterable dataset at each new pass, since Lightning does not."""
-
-    def __init__(self, *args, epoch_fn: Callable[[], int], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.epoch_fn = epoch_fn
-
-    def __iter__(self):
-        self.dataset.set_epoch(self.epoch_fn())
-        return super().__iter__()
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -49,11 +41,21 @@ class ImageTextDataModule(L.LightningDataModule):
         image_std: per-channel std.
         augment: random crop and flip on training images.
         context_length: tokens per caption (must match the text tower).
+        tokenizer_type: ``sentencepiece`` (SigLIP's) or ``clip`` (open_clip's CLIP BPE, 49408 tokens).
         tokenizer_path: a SentencePiece ``.model``; ``None`` trains one on the training captions.
         vocab_size: vocabulary size when training the tokenizer (must not exceed the text tower's).
         tokenizer_train_samples: captions read to train the tokenizer.
-        shuffle_buffer: examples in the streaming shuffle buffer (0 disables shuffling).
+        shuffle_buffer: raw examples in each worker's shuffle buffer (0 disables shuffling of
+            shards and examples).
         seed: shuffling seed (combined with the epoch).
+        val_fraction: hold out this fraction of the training split for validation (every k-th
+            example of each shard, k = round(1/val_fraction)); 0 uses the dataset's own
+            validation/val/test split if it has one.
+        id_column: column passed through as ``batch["id"]``; by default ``id`` or ``__key__`` when present.
+        min_image_side: images with a smaller side are skipped (counted as ``image_too_small``).
+        max_image_pixels: images with more pixels are skipped before decoding (``image_too_large``).
+        max_skip_fraction: stop with an error when a worker skips more than this fraction of the
+            (at least 50) samples it has read: the columns are wrong or the data is broken.
         builtin: knobs of the generated dataset when ``path`` is ``builtin``.
         cache_dir: where generated data and trained tokenizers go (default ~/.cache/siglip-lightning).
     """
@@ -70,11 +72,17 @@ class ImageTextDataModule(L.LightningDataModule):
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = False,
         context_length: int = 16,
+        tokenizer_type: Literal["sentencepiece", "clip"] = "sentencepiece",
         tokenizer_path: Optional[str] = None,
         vocab_size: int = 1024,
         tokenizer_train_samples: int = 100_000,
         shuffle_buffer: int = 4096,
         seed: int = 0,
+        val_fraction: float = 0.0,
+        id_column: Optional[str] = None,
+        min_image_side: int = MIN_IMAGE_SIDE,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_skip_fraction: float = 0.5,
         builtin: ShapesSpec = ShapesSpec(),
         cache_dir: Optional[str] = None,
     ) -> None:
@@ -87,8 +95,14 @@ class ImageTextDataModule(L.LightningDataModule):
             self._check_local_path(path)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment)
         self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False)
-        self.tokenizer: Optional[SentencePieceTokenizer] = None
+        if not 0.0 <= val_fraction <= 0.5:
+            raise UserInputError(f"data.val_fraction must be in [0, 0.5], got {val_fraction}")
+        if tokenizer_type not in ("sentencepiece", "clip"):
+            raise UserInputError(f"data.tokenizer_type must be 'sentencepiece' or 'clip', got {tokenizer_type!r}")
+        self.tokenizer: Optional[Any] = None
         self._splits = None
+        self._progress: Dict[str, Any] = {"epoch": -1, "positions": {}, "last_worker": -1}
+        self._pending: Optional[Dict[str, Any]] = None
 
     @staticmethod
     def _check_local_path(path: str) -> None:
@@ -118,23 +132,34 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.path == BUILTIN:
             _ = self.builtin_root
         model_file = self._tokenizer_file()
-        if not model_file.exists():
+        if self.hparams.tokenizer_type == "sentencepiece" and not model_file.exists():
             if self.hparams.tokenizer_path:
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
             train = self._open()["train"]
             text_column = pick_column(column_names(train), self.hparams.text_column, TEXT_COLUMNS,
                                       "text", "data.text_column")
-            captions = (ex[text_column] for ex in itertools.islice(train, self.hparams.tokenizer_train_samples))
+            rows = itertools.islice(train.select_columns([text_column]), self.hparams.tokenizer_train_samples)
+            captions = (ex[text_column] for ex in rows)  # the text column only: no image bytes read into Python
             flat = (c for cap in captions for c in (cap if isinstance(cap, (list, tuple)) else [cap]))
             train_sentencepiece(flat, model_file, self.hparams.vocab_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
-            self.tokenizer = SentencePieceTokenizer(self._tokenizer_file(), self.hparams.context_length)
+            if self.hparams.tokenizer_type == "clip":
+                self.tokenizer = ClipTokenizer(self.hparams.context_length)
+            else:
+                self.tokenizer = SentencePieceTokenizer(self._tokenizer_file(), self.hparams.context_length)
         splits = self._open()
-        columns = column_names(splits["train"] if "train" in splits else next(iter(splits.values())))
+        if "train" not in splits:
+            raise UserInputError(f"no train split in {self.path!r}: found {sorted(splits)}")
+        columns = column_names(splits["train"])
         self.image_column = pick_column(columns, self.hparams.image_column, IMAGE_COLUMNS, "image", "data.image_column")
         self.text_column = pick_column(columns, self.hparams.text_column, TEXT_COLUMNS, "text", "data.text_column")
+        self.id_column = self.hparams.id_column
+        if self.id_column is not None:
+            pick_column(columns, self.id_column, (), "id", "data.id_column")
+        else:
+            self.id_column = next((c for c in ID_COLUMNS if c in columns), None)
 
     def _open(self):
         if self._splits is None:
@@ -148,34 +173,104 @@ class ImageTextDataModule(L.LightningDataModule):
             self._splits = splits
         return self._splits
 
-    def _stream(self, split: str, train: bool) -> PairStream:
-        source = self._open()[split]
-        if self.trainer is not None and self.trainer.world_size > 1:
-            source = split_dataset_by_node(source, self.trainer.global_rank, self.trainer.world_size)
-        if train and self.hparams.shuffle_buffer > 0:
-            source = source.shuffle(seed=self.hparams.seed, buffer_size=self.hparams.shuffle_buffer)
-        transform = self.image_transform if train else self.eval_transform
-        return PairStream(source, self.image_column, self.text_column, transform, self.tokenizer, self.hparams.seed)
+    def _rank(self):
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return _EpochAwareLoader(
+    def _holdout(self, train: bool):
+        if self.hparams.val_fraction <= 0:
+            return None
+        return max(2, round(1 / self.hparams.val_fraction)), not train
+
+    def _stream(self, split: str, train: bool) -> PairStream:
+        rank, world = self._rank()
+        return PairStream(
+            self._open()[split], self.image_column, self.text_column,
+            self.image_transform if train else self.eval_transform, self.tokenizer, self.hparams.seed,
+            shuffle_buffer=self.hparams.shuffle_buffer if train else 0, rank=rank, world_size=world,
+            holdout=self._holdout(train) if split == "train" else None, id_column=self.id_column,
+            min_image_side=self.hparams.min_image_side, max_image_pixels=self.hparams.max_image_pixels,
+            max_skip_fraction=self.hparams.max_skip_fraction, image_root=self._image_root(),
+        )
+
+    def _image_root(self) -> Optional[str]:
+        """Where relative image paths of a local jsonl/csv point: the folder of the file(s)."""
+        local = os.path.expanduser(self._resolved_path())
+        if os.path.isdir(local):
+            return local
+        parent = os.path.dirname(local)
+        return parent if parent and not any(c in parent for c in "*?[") and os.path.isdir(parent) else None
+
+    def _loader(self, split: str, train: bool) -> StreamLoader:
+        return StreamLoader(
             self._stream(split, train),
             batch_size=self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_pairs,
             drop_last=train,
-            persistent_workers=False,  # fresh workers each epoch pick up the new shuffle epoch
+            persistent_workers=False,  # fresh workers each pass pick up the new epoch and resume point
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            start_fn=self._start_epoch if train else None,
+            require_batches=train,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StreamLoader:
         return self._loader("train", train=True)
 
     def val_dataloader(self):
+        if self.hparams.val_fraction > 0:
+            return self._loader("train", train=False)
         for name in ("validation", "val", "test"):
             if name in self._open():
                 return self._loader(name, train=False)
         return []
+
+    # --- exact mid-epoch resume ------------------------------------------------------------------
+    # Each training batch carries (logical worker, samples of that worker's order consumed). The
+    # position is recorded when the batch reaches the model (not when the loader prefetches it),
+    # gathered from all ranks into the checkpoint, and replayed by the workers on resume.
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        stream = batch.pop("_stream", None) if isinstance(batch, dict) else None
+        if stream is not None and self.trainer is not None and self.trainer.training:
+            worker, position = stream
+            self._progress["positions"][int(worker)] = int(position)
+            self._progress["last_worker"] = int(worker)
+        return batch
+
+    def _start_epoch(self, epoch: int):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending["epoch"] == epoch and pending["positions"]:
+            self._progress = {"epoch": epoch, "positions": dict(pending["positions"]),
+                              "last_worker": pending["last_worker"]}
+            workers = max(1, self.hparams.num_workers)
+            return dict(pending["positions"]), (pending["last_worker"] + 1) % workers
+        self._progress = {"epoch": epoch, "positions": {}, "last_worker": -1}
+        return {}, 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        mine = {"epoch": self._progress["epoch"], "positions": dict(self._progress["positions"]),
+                "last_worker": self._progress["last_worker"]}
+        rank, world = self._rank()
+        ranks = [mine]
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            ranks = [None] * world
+            dist.all_gather_object(ranks, mine)  # every rank saves; rank 0's file needs all positions
+        return {"stream": ranks, "num_workers": max(1, self.hparams.num_workers), "world_size": world}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        rank, world = self._rank()
+        workers = max(1, self.hparams.num_workers)
+        if "stream" not in state:
+            return
+        if state.get("world_size") != world or state.get("num_workers") != workers:
+            rank_zero_warn(
+                f"the checkpoint's data position was saved with world_size={state.get('world_size')} and "
+                f"num_workers={state.get('num_workers')}, this run has {world} and {workers}: the interrupted "
+                "epoch restarts from its beginning instead of resuming exactly"
+            )
+            return
+        self._pending = state["stream"][rank]
 
     # --- for evaluators ----------------------------------------------------------------------
     def builtin_zeroshot(self):

@@ -9,14 +9,15 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import datasets
 
 from siglip_lightning.errors import UserInputError
 
-IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
+IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "image_path", "file_name", "filename")
 TEXT_COLUMNS = ("text", "caption", "txt", "captions", "sentences", "sentence", "title")
+ID_COLUMNS = ("id", "__key__", "key", "uid", "sample_id")
 _BUILDER_BY_SUFFIX = {".parquet": "parquet", ".tar": "webdataset", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
@@ -91,3 +92,16 @@ def pick_column(available: Iterable[str], wanted: Optional[str], candidates: Ite
         f"no {role} column found: the dataset has columns {available}; none of the defaults "
         f"{list(candidates)} is there, so set {key}"
     )
+
+
+def iter_shard(stream: datasets.IterableDataset, index: int, chunk: int = 64) -> Iterator[dict]:
+    """The examples of one shard (data file) of ``stream``, in file order.
+
+    ``IterableDataset.iter`` is used rather than ``iter(stream)``: inside a DataLoader worker the
+    latter re-splits the shards among workers by itself, and the sharding here is ours.
+    """
+    shard = stream.shard(num_shards=stream.num_shards, index=index, contiguous=True)
+    for batch in shard.iter(batch_size=chunk):
+        keys = list(batch)
+        for row in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, row))

@@ -1,34 +1,71 @@
-"""Turn a stream of raw examples into model inputs, skipping (and counting) bad samples."""
+"""Turn a stream of raw examples into model inputs, skipping (and counting) bad samples.
+
+Every worker's stream is a pure function of (seed, epoch, rank, worker): its slot of shards
+(:mod:`~siglip_lightning.data.shards`), a seeded shuffle buffer over raw (undecoded) examples, then
+decoding. Each sample carries its position in that order, so a resumed worker replays the raw
+examples up to the saved position without decoding them and goes on exactly where it stopped.
+Random choices (caption from a list, augmentation) are seeded by the position too.
+"""
 from __future__ import annotations
 
+import inspect
 import io
+import os
 import random
+import warnings
 from collections import Counter
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-SKIP_REASONS = ("image_undecodable", "image_too_small", "caption_missing")
+from siglip_lightning.data.shards import Slot, plan_slot
+from siglip_lightning.data.sources import iter_shard
+from siglip_lightning.errors import UserInputError
+
+SKIP_REASONS = (
+    "image_missing", "image_undecodable", "image_too_small", "image_too_large", "image_unconvertible",
+    "caption_missing", "caption_empty", "shard_unreadable",
+)
 MIN_IMAGE_SIDE = 4
+MAX_IMAGE_PIXELS = 64_000_000  # larger images are skipped before decoding (memory, time)
+_GUARD_AFTER = 50  # examples a worker reads before the bad-fraction guard may stop the run
+
+
+_UNREADABLE = {"__shard_unreadable__": True}  # marks a shard that failed part-way, in the raw order
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``reason`` is one of ``SKIP_REASONS``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def open_image(value: Any, root: Optional[str] = None) -> Image.Image:
+    """A lazily decoded PIL image from a column value: PIL, bytes, {'bytes', 'path'} or a path
+    (relative paths are taken from ``root``, the folder of a jsonl/csv file that lists them)."""
+    if isinstance(value, str) and root and not os.path.isabs(value):
+        value = os.path.join(root, value)
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return Image.open(io.BytesIO(value))
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path"):
+        return Image.open(value["path"])
+    if isinstance(value, str):
+        return Image.open(value)
+    raise ValueError(f"no image in a value of type {type(value).__name__}")
 
 
 def decode_image(value: Any) -> Image.Image:
-    """A PIL image from what a dataset column may hold: PIL, bytes, {'bytes', 'path'} or a path."""
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, dict) and value.get("bytes") is not None:
-        image = Image.open(io.BytesIO(value["bytes"]))
-    elif isinstance(value, dict) and value.get("path"):
-        image = Image.open(value["path"])
-    elif isinstance(value, str):
-        image = Image.open(value)
-    else:
-        raise ValueError(f"no image in a value of type {type(value).__name__}")
-    image.load()  # decode now, so truncated files fail here rather than in the transform
+    """A fully decoded PIL image (truncated files fail here rather than in the transform)."""
+    image = open_image(value)
+    image.load()
     return image
 
 
@@ -49,11 +86,76 @@ def pick_caption(value: Any, rng: random.Random) -> Optional[str]:
     return value
 
 
+def check_caption(value: Any, rng: random.Random) -> str:
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        raise BadSample("caption_missing")
+    caption = pick_caption(value, rng)
+    if caption is None:
+        raise BadSample("caption_empty" if isinstance(value, (str, list, tuple)) else "caption_missing")
+    return caption
+
+
+def load_checked(value: Any, draft_size: int, min_side: int, max_pixels: int,
+                 root: Optional[str] = None) -> Image.Image:
+    """Open, check the size from the header, decode (JPEG at a reduced scale when larger than needed)."""
+    if value is None or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
+        raise BadSample("image_missing")
+    try:
+        image = open_image(value, root)
+    except Exception:  # any decoder error means the same here: unusable bytes
+        raise BadSample("image_undecodable") from None
+    width, height = image.size
+    if min(width, height) < min_side:
+        raise BadSample("image_too_small")
+    if width * height > max_pixels:
+        raise BadSample("image_too_large")
+    try:
+        if draft_size:
+            image.draft(None, (draft_size, draft_size))  # JPEG: decode at 1/2..1/8 scale, never below the target
+        image.load()
+    except Exception:
+        raise BadSample("image_undecodable") from None
+    return image
+
+
+def shuffled(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    """A seeded shuffle buffer: deterministic for a given input order and rng."""
+    buffer: List[Any] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        k = rng.randrange(buffer_size)
+        buffer[k], item = item, buffer[k]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
 class PairStream(IterableDataset):
-    """Wraps a (sharded, shuffled) HF iterable dataset; yields ``{"image", "text", "skipped"}``.
+    """Wraps a streaming HF dataset; yields ``{"image", "text", "skipped", "_pos"[, "id"]}``.
 
     ``skipped`` counts the bad samples dropped since the previous yielded one, by reason, so that
     the counts travel with the batches out of DataLoader workers and can be logged.
+
+    Args:
+        source: a ``datasets.IterableDataset`` (all shards of one split).
+        image_column: column holding the images.
+        text_column: column holding the captions (a string or a list of strings).
+        image_transform: PIL image -> tensor; may take ``rng=`` for augmentation.
+        tokenizer: list of captions -> ``[n, L]`` ids.
+        seed: base seed of shard order, shuffle buffer, caption choice and augmentation.
+        shuffle_buffer: examples in each worker's shuffle buffer (0: file order, shards unshuffled).
+        rank: this process's rank among ``world_size``.
+        world_size: data-parallel processes.
+        holdout: ``(k, heldout)``: the k-th examples of each shard form the held-out set; ``heldout``
+            selects them (validation) or the rest (training). None: no hold-out.
+        id_column: column copied to ``sample["id"]`` (None: none).
+        min_image_side: images with a smaller side are skipped.
+        max_image_pixels: images with more pixels are skipped (before decoding).
+        max_skip_fraction: a worker that has skipped more than this fraction of at least 50 samples
+            stops the run with an error (the data is mostly bad).
+        image_root: folder that relative image paths in the image column are relative to.
     """
 
     def __init__(
@@ -61,9 +163,18 @@ class PairStream(IterableDataset):
         source: Any,
         image_column: str,
         text_column: str,
-        image_transform: Callable[[Image.Image], torch.Tensor],
+        image_transform: Callable[..., torch.Tensor],
         tokenizer: Callable[[List[str]], torch.Tensor],
         seed: int = 0,
+        shuffle_buffer: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        holdout: Optional[Tuple[int, bool]] = None,
+        id_column: Optional[str] = None,
+        min_image_side: int = MIN_IMAGE_SIDE,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_skip_fraction: float = 0.5,
+        image_root: Optional[str] = None,
     ) -> None:
         self.source = source
         self.image_column = image_column
@@ -71,50 +182,132 @@ class PairStream(IterableDataset):
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.rank, self.world_size = rank, world_size
+        self.holdout = holdout
+        self.id_column = id_column
+        self.min_image_side, self.max_image_pixels = min_image_side, max_image_pixels
+        self.max_skip_fraction = max_skip_fraction
+        self.image_root = image_root
+        self._transform_takes_rng = "rng" in inspect.signature(image_transform).parameters
         self.epoch = 0
+        self.start_positions: Dict[int, int] = {}
+        self.worker_offset = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if hasattr(self.source, "set_epoch"):
-            self.source.set_epoch(epoch)
+
+    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0) -> None:
+        """Start each (logical) worker after ``positions[worker]`` samples of its order; loader worker
+        i plays logical worker ``(i + worker_offset) % num_workers`` so batches keep their round-robin order."""
+        self.start_positions = {int(k): int(v) for k, v in positions.items()}
+        self.worker_offset = worker_offset
+
+    # --- the raw order ------------------------------------------------------------------------------
+    def slot(self, worker: int, num_workers: int) -> Slot:
+        return plan_slot(self.source.num_shards, self.rank, self.world_size, worker, num_workers,
+                         self.seed, self.epoch, shuffle=self.shuffle_buffer > 0)
+
+    def raw_examples(self, worker: int, num_workers: int) -> Iterator[Dict[str, Any]]:
+        """This worker's raw (undecoded) examples in their final order, shuffle buffer included."""
+        slot = self.slot(worker, num_workers)
+
+        def in_file_order():
+            for shard in slot.shards:
+                kept = 0
+                try:
+                    for r, example in enumerate(iter_shard(self.source, shard)):
+                        if self.holdout is not None:
+                            k, heldout = self.holdout
+                            if (r % k == k - 1) != heldout:
+                                continue
+                        j, kept = kept, kept + 1
+                        if slot.keeps(j):
+                            yield example
+                except Exception as err:  # a corrupt or truncated file: keep what was read, go on
+                    warnings.warn(f"skipping the rest of data shard {shard}: {type(err).__name__}: {err}")
+                    yield _UNREADABLE
+
+        if self.shuffle_buffer <= 0:
+            return in_file_order()
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker, 1)))
+        return shuffled(in_file_order(), self.shuffle_buffer, rng)
+
+    # --- decoding -----------------------------------------------------------------------------------
+    def make_sample(self, example: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
+        """Model inputs from one raw example, or :class:`BadSample`."""
+        if example.get("__shard_unreadable__"):
+            raise BadSample("shard_unreadable")
+        caption = check_caption(example.get(self.text_column), rng)
+        raw = example.get(self.image_column)
+        if is_embedding(raw):  # a precomputed image embedding (SigLiT cache): nothing to decode
+            sample = {"image": torch.as_tensor(raw, dtype=torch.float32), "text": self.tokenizer([caption])[0]}
+            if self.id_column is not None:
+                sample["id"] = example.get(self.id_column)
+            return sample
+        size = getattr(self.image_transform, "image_size", 0)
+        image = load_checked(example.get(self.image_column), size, self.min_image_side, self.max_image_pixels,
+                             self.image_root)
+        try:
+            pixels = self.image_transform(image, rng=rng) if self._transform_takes_rng else self.image_transform(image)
+        except Exception:  # e.g. a colour mode with no conversion to RGB
+            raise BadSample("image_unconvertible") from None
+        sample = {"image": pixels, "text": self.tokenizer([caption])[0]}
+        if self.id_column is not None:
+            sample["id"] = example.get(self.id_column)
+        return sample
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, info.id if info else 0)))
-        skipped: Counter = Counter()
-        for example in self.source:
-            caption = pick_caption(example.get(self.text_column), rng)
-            if caption is None:
-                skipped["caption_missing"] += 1
+        num_workers = info.num_workers if info else 1
+        worker = ((info.id if info else 0) + self.worker_offset) % num_workers
+        start = self.start_positions.get(worker, 0)
+        skipped: Counter = Counter()  # since the last yielded sample
+        totals: Counter = Counter()  # this pass, for the error message
+        seen = bad = 0
+        for position, example in enumerate(self.raw_examples(worker, num_workers)):
+            if position < start:  # resume: replay the order without decoding
                 continue
-            raw = example.get(self.image_column)
-            if is_embedding(raw):  # a precomputed image embedding (SigLiT cache): nothing to decode
-                yield {"image": torch.as_tensor(raw, dtype=torch.float32), "text": self.tokenizer([caption])[0],
-                       "skipped": dict(skipped)}
-                skipped.clear()
-                continue
+            rng = random.Random(hash((self.seed, self.epoch, self.rank, worker, position)))
+            seen += 1
             try:
-                image = decode_image(raw)
-            except Exception:  # any decoder error means the same thing here: unusable bytes
-                skipped["image_undecodable"] += 1
+                sample = self.make_sample(example, rng)
+            except BadSample as skip:
+                skipped[skip.reason] += 1
+                totals[skip.reason] += 1
+                bad += 1
+                sample = None
+            if seen >= _GUARD_AFTER and bad > self.max_skip_fraction * seen:
+                raise UserInputError(self._mostly_bad(seen, bad, totals))
+            if sample is None:
                 continue
-            if min(image.size) < MIN_IMAGE_SIDE:
-                skipped["image_too_small"] += 1
-                continue
-            yield {
-                "image": self.image_transform(image),
-                "text": self.tokenizer([caption])[0],
-                "skipped": dict(skipped),
-            }
+            sample["skipped"] = dict(skipped)
+            sample["_pos"] = (worker, position + 1)
             skipped.clear()
+            yield sample
+        if seen >= 8 and bad == seen:
+            raise UserInputError(self._mostly_bad(seen, bad, totals))
+
+    def _mostly_bad(self, seen: int, bad: int, skipped: Counter) -> str:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+        return (f"the data is mostly bad: {bad} of {seen} samples read by one worker were skipped ({reasons}); "
+                f"check data.image_column={self.image_column!r} and data.text_column={self.text_column!r}, "
+                f"or raise data.max_skip_fraction (now {self.max_skip_fraction})")
 
 
 def collate_pairs(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Stack a worker's samples; skip counts are summed, ``_stream`` is the last sample's position."""
     skipped: Counter = Counter()
     for sample in samples:
         skipped.update(sample["skipped"])
-    return {
+    batch: Dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),
         "text": torch.stack([s["text"] for s in samples]),
         "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
     }
+    if "id" in samples[0]:
+        ids = [s["id"] for s in samples]
+        batch["id"] = torch.tensor(ids) if all(isinstance(i, int) for i in ids) else ids
+    if "_pos" in samples[-1]:
+        batch["_stream"] = samples[-1]["_pos"]
+    return batch

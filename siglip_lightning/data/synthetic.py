@@ -283,11 +283,16 @@ def write_shapes_dataset(spec: ShapesSpec, root: os.PathLike, progress: bool = T
             path = tmp / "pairs" / f"{split}-{shard:05d}-of-{shards:05d}.parquet"
             jobs.append((spec, split, int(bounds[shard]), int(bounds[shard + 1]), path))
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_write_pairs_shard, *job) for job in jobs]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="built-in data shards",
-                           disable=not progress):
-            future.result()
+    if spec.num_train + spec.num_validation < 20_000 or workers == 1:
+        # Starting worker processes costs more than drawing a small dataset.
+        for job in tqdm(jobs, desc="built-in data shards", disable=not progress):
+            _write_pairs_shard(*job)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_write_pairs_shard, *job) for job in jobs]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="built-in data shards",
+                               disable=not progress):
+                future.result()
     zs_features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=spec.class_names)}
     )

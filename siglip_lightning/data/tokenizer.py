@@ -97,3 +97,36 @@ def train_sentencepiece(
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(model_path)
     return model_path
+
+
+class ClipTokenizer:
+    """open_clip's CLIP BPE tokenizer (its vocabulary ships in the wheel: works offline).
+
+    Lower-cased, ``<start_of_text> ... <end_of_text>``, then padded with ``<end_of_text>`` rather than
+    0 so that the last position, which this project's text tower pools, is always the end token.
+
+    Args:
+        context_length: tokens per caption.
+    """
+
+    def __init__(self, context_length: int = 16) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if context_length < 3:
+            raise UserInputError(f"context_length must be at least 3 for the clip tokenizer, got {context_length}")
+        self.context_length = context_length
+        self.inner = SimpleTokenizer(context_length=context_length)
+        self.eos_id = self.inner.eot_token_id
+        self.pad_id = self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
+    def __call__(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
+        ids = self.inner(texts)
+        # id 0 is also a real token ("!"): pad by position, after each row's first end token
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        first_end = (ids == self.eos_id).int().argmax(dim=1, keepdim=True)
+        ids[positions > first_end] = self.pad_id
+        return ids

@@ -1,7 +1,8 @@
 """Image preprocessing as in the paper: RGB, resize to the model's resolution, values in [-1, 1]."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import random
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,34 +29,42 @@ class ImageTransform:
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._scale = 1.0 / (255.0 * self.std)
+        self._offset = self.mean / self.std
         self.augment = augment
 
-    def _crop_box(self, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    @staticmethod
+    def _crop_box(size: Tuple[int, int], rng: random.Random) -> Tuple[int, int, int, int]:
         w, h = size
-        scale = np.random.uniform(0.8, 1.0)
-        cw, ch = int(w * scale), int(h * scale)
-        x0, y0 = np.random.randint(0, w - cw + 1), np.random.randint(0, h - ch + 1)
+        scale = rng.uniform(0.8, 1.0)
+        cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
         return x0, y0, x0 + cw, y0 + ch
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, rng: Optional[random.Random] = None) -> torch.Tensor:
+        """``rng`` drives augmentation (the data stream seeds it per sample, for exact resume)."""
         if image.mode != "RGB":
             image = to_rgb(image)
-        box = self._crop_box(image.size) if self.augment else None
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
-        if self.augment and np.random.rand() < 0.5:
+        rng = rng or random
+        box = self._crop_box(image.size, rng) if self.augment else None
+        # reducing_gap: a fast box pre-shrink for images much larger than the target, then bilinear
+        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box,
+                             reducing_gap=3.0)
+        if self.augment and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.uint8)
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        return (tensor - self.mean) / self.std
+        # one float copy, then in place: (x / 255 - mean) / std = x * scale - offset
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float()  # copy: np.asarray of PIL is read-only
+        return tensor.mul_(self._scale).sub_(self._offset)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: alpha composited on white, palette/CMYK/16-bit converted."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = array.max() or 1.0
         return Image.fromarray((array / top * 255).astype(np.uint8)).convert("RGB")

@@ -1,112 +1,153 @@
-"""Zero-shot classification at validation: class names x prompt templates -> class embeddings."""
+"""Zero-shot classification: class names x prompt templates -> one text embedding per class -> top-1/top-5."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import itertools
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import datasets
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.classification import MulticlassAccuracy
 
-from siglip_lightning.data.stream import decode_image
 from siglip_lightning.errors import UserInputError
-
+from siglip_lightning.eval.base import EvalCallback
+from siglip_lightning.eval.distributed import gather_rows, rank_and_world
+from siglip_lightning.eval.loading import embed_owned_images, embed_owned_texts, open_eval_split
+from siglip_lightning.eval.prompts import prompts, resolve_class_names, resolve_templates
 
 @torch.no_grad()
 def class_embeddings(module: LightningModule, tokenizer, class_names: Sequence[str], templates: Sequence[str],
                      batch_size: int = 256) -> torch.Tensor:
-    """``[num_classes, d]``: each class's prompts embedded, averaged, and re-normalised (CLIP)."""
-    prompts = [template.format(name) for name in class_names for template in templates]
-    tokens = tokenizer(prompts).to(module.device)
-    embedded = torch.cat([module.encode_text(chunk) for chunk in tokens.split(batch_size)])
+    """``[num_classes, d]``: each class's prompts embedded, averaged, and re-normalised (CLIP).
+
+    Under DDP each rank embeds a disjoint share of the prompts and the shares are gathered.
+    """
+    rank, world = rank_and_world()
+    texts = prompts(class_names, templates)
+    positions, features = embed_owned_texts(module, tokenizer, texts, rank, world, batch_size)
+    embedded = gather_rows(positions.to(features.device), features, len(texts))
     per_class = embedded.view(len(class_names), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
 
 
-class ZeroShotClassification(Callback):
-    """Top-1 / top-5 zero-shot accuracy, logged as ``zeroshot/<name>/top1`` at each validation.
+def topk_accuracy(image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
+                  ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
+    """``{"top1": ..., "top5": ...}``: is the label among the K classes with the highest score?
+
+    Under DDP each rank passes its own images; torchmetrics sums the counts over ranks in
+    ``compute()``, so every image counts once. Every rank must call this (it is a collective).
+    """
+    num_classes = classifier.shape[0]
+    if num_classes < 2:
+        raise UserInputError(f"zero-shot classification needs at least 2 classes, got {num_classes}")
+    meters = {k: MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro").to(classifier.device)
+              for k in ks}
+    if labels.numel():
+        logits = image_features.float() @ classifier.float().T
+        for meter in meters.values():
+            meter.update(logits, labels)
+    return {f"top{k}": float(meter.compute()) for k, meter in meters.items()}
+
+
+class LabelledImages:
+    """Re-iterable ``(position, raw image, label)`` of a labelled image set (images left undecoded)."""
+
+    def __init__(self, stream: datasets.IterableDataset, image_column: str, label_column: str,
+                 max_images: Optional[int]) -> None:
+        self.stream, self.image_column, self.label_column, self.max_images = stream, image_column, label_column, max_images
+
+    def __iter__(self) -> Iterator[Tuple[int, object, int]]:
+        for position, example in enumerate(itertools.islice(self.stream, self.max_images)):
+            yield position, example[self.image_column], int(example[self.label_column])
+
+
+class ZeroShotClassification(EvalCallback):
+    """Top-1 / top-5 zero-shot accuracy, logged as ``zeroshot/<name>/top1`` and ``.../top5``.
+
+    Use one instance per data set (each with its own ``name``) to evaluate several at once.
 
     Args:
         name: label used in the logged metric names.
-        path: a labelled image dataset (any source ``datasets`` reads); ``None`` uses the built-in
-            shapes zero-shot set of the datamodule.
-        class_names: class names in label order; ``None`` reads them from the label feature.
-        templates: prompt templates with one ``{}``; ``None`` uses the dataset's own or ``a {}``.
+        path: a labelled image set: a folder with one sub-folder per class (imagefolder, e.g. an
+            ImageNet val folder with one folder per WordNet id), a parquet/json/... folder or file,
+            or a Hugging Face dataset name. ``None`` uses the built-in shapes zero-shot set of the
+            datamodule.
+        class_names: class names in label order: a list, ``imagenet`` (the 1000 ImageNet-1k
+            names), or a .txt (one per line) / .json file; ``None`` reads them from the label
+            column's ``ClassLabel`` feature (for an imagefolder: the sub-folder names).
+        templates: prompt templates with one ``{}``: a list, ``openai`` (CLIP's 80), ``simple``
+            (CLIP's 7), ``plain`` (the bare name) or a file; ``None``: the built-in set's own, else ``a {}``.
         image_column: column holding the images.
         label_column: column holding integer labels.
-        split: split of ``path`` to evaluate.
-        batch_size: images per forward pass.
-        max_images: evaluate at most this many images (``None``: all).
+        split: split of ``path`` to evaluate; ``None``: the only split, else test / validation / val.
+        batch_size: images (and prompts) per forward pass.
+        max_images: evaluate only the first this many images (``None``: all).
+        num_workers: DataLoader workers decoding images.
+        every_n_steps: also evaluate every this many training steps (``None``: only at validation).
+        at_validation: evaluate at the end of each validation loop (fit and ``validate``).
     """
 
-    def __init__(self, name: str = "builtin", path: Optional[str] = None, class_names: Optional[List[str]] = None,
-                 templates: Optional[List[str]] = None, image_column: str = "image", label_column: str = "label",
-                 split: str = "test", batch_size: int = 256, max_images: Optional[int] = None) -> None:
-        self.name, self.path, self.split = name, path, split
-        self.class_names, self.templates = class_names, templates
-        self.image_column, self.label_column = image_column, label_column
-        self.batch_size, self.max_images = batch_size, max_images
-        self.last_metrics: dict = {}
+    prefix = "zeroshot"
 
-    def _resolve(self, trainer: Trainer):
+    def __init__(self, name: str = "builtin", path: Optional[str] = None,
+                 class_names: Union[str, List[str], None] = None, templates: Union[str, List[str], None] = None,
+                 image_column: str = "image", label_column: str = "label", split: Optional[str] = None,
+                 batch_size: int = 256, max_images: Optional[int] = None, num_workers: int = 0,
+                 every_n_steps: Optional[int] = None, at_validation: bool = True) -> None:
+        super().__init__(name, every_n_steps, at_validation)
+        self.path, self.split = path, split
+        # Resolve the short names now, so that a typo fails when the config is read.
+        self.class_names = resolve_class_names(class_names)
+        self.templates = resolve_templates(templates) if templates is not None else None
+        self.image_column, self.label_column = image_column, label_column
+        self.batch_size, self.max_images, self.num_workers = batch_size, max_images, num_workers
+
+    def _where(self) -> str:
+        return f"ZeroShotClassification {self.name!r}"
+
+    def resolve(self, trainer: Trainer) -> Tuple[datasets.IterableDataset, List[str], List[str]]:
+        """The stream to evaluate, its class names and the templates."""
         path, class_names, templates = self.path, self.class_names, self.templates
         if path is None:
-            builtin = trainer.datamodule.builtin_zeroshot() if trainer.datamodule is not None else None
+            builtin = getattr(trainer.datamodule, "builtin_zeroshot", lambda: None)()
             if builtin is None:
-                raise UserInputError(f"ZeroShotClassification {self.name!r}: no path given and the data is not "
-                                     "the built-in set; set the callback's init_args.path")
+                raise UserInputError(f"{self._where()}: no path given and the data is not the built-in set; set "
+                                     "the callback's init_args.path")
             path, default_names, default_templates = builtin
             class_names, templates = class_names or default_names, templates or default_templates
-        stream = datasets.load_dataset(path, split=self.split, streaming=True)
+        stream = open_eval_split(path, self.split, self._where())
+        features = stream.features or {}
+        for column in (self.image_column, self.label_column):
+            if features and column not in features:
+                raise UserInputError(f"{self._where()}: column {column!r} not in {path!r}; it has {list(features)}")
+        label_feature = features.get(self.label_column)
         if class_names is None:
-            feature = (stream.features or {}).get(self.label_column)
-            if not isinstance(feature, datasets.ClassLabel):
-                raise UserInputError(f"ZeroShotClassification {self.name!r}: give class_names; the label column "
-                                     f"{self.label_column!r} does not carry them")
-            class_names = feature.names
-        if stream.features is not None and self.image_column in stream.features:
+            if not isinstance(label_feature, datasets.ClassLabel):
+                raise UserInputError(f"{self._where()}: give class_names; the label column {self.label_column!r} "
+                                     "does not carry them")
+            class_names = label_feature.names
+        elif isinstance(label_feature, datasets.ClassLabel) and label_feature.num_classes != len(class_names):
+            raise UserInputError(f"{self._where()}: {len(class_names)} class_names given but {path!r} has "
+                                 f"{label_feature.num_classes} classes")
+        if isinstance(features.get(self.image_column), datasets.Image):
             stream = stream.cast_column(self.image_column, datasets.Image(decode=False))
-        return stream, list(class_names), list(templates or ["a {}"])
+        return stream, list(class_names), resolve_templates(templates)
 
-    @torch.no_grad()
-    def evaluate(self, trainer: Trainer, module: LightningModule) -> dict:
-        stream, class_names, templates = self._resolve(trainer)
-        tokenizer, transform = trainer.datamodule.tokenizer, trainer.datamodule.eval_transform
-        was_training = module.training
-        module.eval()
-        classifier = class_embeddings(module, tokenizer, class_names, templates)
-        top1 = MulticlassAccuracy(len(class_names), top_k=1, average="micro").to(module.device)
-        top5 = MulticlassAccuracy(len(class_names), top_k=min(5, len(class_names)), average="micro").to(module.device)
-        images, labels = [], []
+    def evaluate(self, trainer: Trainer, module: LightningModule) -> Dict[str, float]:
+        tokenizer, transform = self.data_tools(trainer)
+        stream, class_names, templates = self.resolve(trainer)
+        rank, world = rank_and_world()
+        classifier = class_embeddings(module, tokenizer, class_names, templates, self.batch_size)
+        source = LabelledImages(stream, self.image_column, self.label_column, self.max_images)
+        _, features, labels = embed_owned_images(module, source, transform, rank, world, self.batch_size,
+                                                 self.num_workers, self._where(), trainer.precision_plugin)
+        num_classes = len(class_names)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise UserInputError(f"{self._where()}: labels must be in 0..{num_classes - 1}, found "
+                                 f"{int(labels.min())}..{int(labels.max())}")
+        metrics = topk_accuracy(features.to(classifier.device), labels.to(classifier.device), classifier)
+        return {**metrics, "chance": 1.0 / num_classes}
 
-        def flush() -> None:
-            logits = module.encode_image(torch.stack(images).to(module.device)) @ classifier.T
-            target = torch.tensor(labels, device=module.device)
-            top1.update(logits, target)
-            top5.update(logits, target)
-            images.clear()
-            labels.clear()
-
-        for count, example in enumerate(stream):
-            if self.max_images is not None and count >= self.max_images:
-                break
-            images.append(transform(decode_image(example[self.image_column])))
-            labels.append(int(example[self.label_column]))
-            if len(images) == self.batch_size:
-                flush()
-        if images:
-            flush()
-        module.train(was_training)
-        return {"top1": top1.compute().item(), "top5": top5.compute().item(), "chance": 1.0 / len(class_names)}
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = self.evaluate(trainer, pl_module)
-        self.last_metrics = metrics
-        for key, value in metrics.items():
-            pl_module.log(f"zeroshot/{self.name}/{key}", value, rank_zero_only=True)
-        rank_zero_info(f"zero-shot {self.name} (step {trainer.global_step}): top-1 {metrics['top1']:.3f}, "
-                       f"top-5 {metrics['top5']:.3f} (chance {metrics['chance']:.3f})")
+    def summary(self, metrics: Dict[str, float]) -> str:
+        return f"top-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} (chance {metrics['chance']:.3f})"
