@@ -90,15 +90,24 @@ def test_help_commands():
 
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+# Partial configs parse on top of the run config they are meant to extend.
+ON_QUICKSTART = ("fragments", "strategies")
+
+
+def config_stack(config: Path) -> list:
+    rel = config.relative_to(REPO / "configs")
+    base = None
+    if rel.parts[0] == "runlocal":  # a shrunk recipe overrides its full recipe
+        base = REPO / "configs" / rel.name
+    elif rel.parts[0] in ON_QUICKSTART or rel.name.startswith("eval_") or "# config-fragment" in config.read_text():
+        base = REPO / "configs" / "quickstart.yaml"
+    return (["--config", str(base)] if base else []) + ["--config", str(config)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: str(c.relative_to(REPO / "configs")))
 def test_every_config_parses(config, capsys):
-    """Each YAML under configs/ parses in full; a fragment (its text says '# config-fragment',
-    e.g. a strategy) parses on top of the quickstart config."""
-    configs = ["--config", str(config)]
-    if "# config-fragment" in config.read_text():
-        configs = ["--config", str(REPO / "configs" / "quickstart.yaml")] + configs
+    """Each YAML under configs/ parses in full (partial ones on top of the config they extend)."""
+    configs = config_stack(config)
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", *configs, "--print_config"])
     out = capsys.readouterr()
