@@ -23,6 +23,8 @@ class SigLIPCLI(LightningCLI):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"epilog": "Other commands (each takes --help): "
+                                            + ", ".join(EXTRA_COMMANDS) + "."})
         super().__init__(SigLIPModule, ImageTextDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

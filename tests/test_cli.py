@@ -83,6 +83,7 @@ def test_loss_selected_by_config(tmp_path, loss):
 def test_help_commands():
     top = run_cli(["--help"])
     assert top.returncode == 0 and "fit" in top.stdout
+    assert "train-tokenizer" in top.stdout and "export" in top.stdout
     fit = run_cli(["fit", "--help"])
     assert fit.returncode == 0
     for key in ("--model.loss", "--data.path", "--model.lr", "--data.batch_size"):
