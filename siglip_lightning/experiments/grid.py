@@ -66,8 +66,8 @@ def expand_grid(grid: Dict[str, list]) -> List[dict]:
         if key not in seen:
             seen.add(key)
             runs.append(run)
-    # the slowest (smallest batch) first, so the pool ends with short runs
-    return sorted(runs, key=lambda r: r.get("batch_size", 0))
+    # seed by seed, so that an interrupted grid still holds whole curves (with fewer seeds)
+    return sorted(runs, key=lambda r: (r.get("seed", 0), r.get("batch_size", 0)))
 
 
 _DATA = None
@@ -105,17 +105,29 @@ def run_grid(config: dict, out_dir: os.PathLike, workers: Optional[int] = None, 
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     setup = SiglitSetup(**config.get("setup", {}))
     started = time.time()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if workers > 1 else threads)  # the image-tower stage; renders use `workers`
     data_path = ensure_siglit_data(setup, workers=workers, progress=progress)
+    torch.set_num_threads(threads)
     setup_seconds = time.time() - started
     runs = [{**config.get("run", {}), **point} for point in expand_grid(config["grid"])]
     csv_path = out / "results.csv"
     rows: List[dict] = []
     fields: Optional[List[str]] = None
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(runs)), _init_worker, (str(data_path), 1)) as pool, \
-            csv_path.open("w", newline="") as handle:
-        bar = tqdm(pool.imap_unordered(_run_one, runs), total=len(runs), desc=config.get("name", "grid"),
-                   disable=not progress)
+    pool = None
+    if workers > 1:  # one thread per process: small runs scale better across processes than threads
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(runs)), _init_worker, (str(data_path), 1))
+        results = pool.imap_unordered(_run_one, runs)
+    else:
+        global _DATA
+        from siglip_lightning.experiments.siglit import load_siglit_data
+
+        _DATA = load_siglit_data(data_path)
+        results = map(_run_one, runs)
+    with csv_path.open("w", newline="") as handle:
+        bar = tqdm(results, total=len(runs), desc=config.get("name", "grid"), disable=not progress)
         for row in bar:
             rows.append(row)
             if fields is None:
@@ -125,6 +137,9 @@ def run_grid(config: dict, out_dir: os.PathLike, workers: Optional[int] = None, 
             writer.writerow(row)
             handle.flush()
             bar.set_postfix(last=f"{row.get('loss')} B={row.get('batch_size')} R@1={row.get('r1_mean', 'err')}")
+    if pool is not None:
+        pool.close()
+        pool.join()
     meta = {"setup_seconds": round(setup_seconds, 1), "grid_seconds": round(time.time() - started - setup_seconds, 1),
             "workers": workers, "runs": len(runs), "cache": str(data_path), "load_avg_at_end": os.getloadavg()}
     (out / "timing.json").write_text(json.dumps(meta, indent=1))

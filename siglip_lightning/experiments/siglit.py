@@ -69,9 +69,9 @@ class SiglitSetup:
     context_length: int = 16
     embed_dim: int = 64
     pretrain_pairs: int = 20_000
-    pretrain_steps: int = 600
+    pretrain_steps: int = 400
     pretrain_batch: int = 128
-    pretrain_lr: float = 2e-3
+    pretrain_lr: float = 3e-3
     noise_images: int = 1_024
     seed: int = 0
 
