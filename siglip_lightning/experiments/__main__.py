@@ -22,6 +22,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="apply the config's smoke-sized 'quick' overrides")
     parser.add_argument("--out", help="results folder (default runs/<name>/<timestamp>)")
     parser.add_argument("--workers", type=int, help="parallel runs (processes, one thread each)")
+    parser.add_argument("--threads", type=int, help="torch threads of an in-process run (--workers 1)")
     parser.add_argument("--report", help="only rewrite summary.md and plot.png of this results folder")
     args = parser.parse_args(argv)
     from siglip_lightning.experiments.grid import load_config, run_grid
@@ -34,6 +35,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not args.config:
             raise UserInputError("give --config (or --report DIR)")
         config = load_config(args.config, quick=args.quick)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         name = config.get("name", Path(args.config).stem) + ("_quick" if args.quick else "")
         out = Path(args.out) if args.out else Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
         folder = run_grid(config, out, workers=args.workers)
