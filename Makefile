@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Nothing here needs the network beyond pip: keep Hugging Face libraries offline.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install train test test-slow test-all clean
+.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-init-study reproduce-noise-study test-notebooks
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -30,6 +30,21 @@ test-slow: $(STAMP)  ## the slow tests only
 
 test-all: $(STAMP)  ## every test
 	$(OFFLINE) $(PY) -m pytest -q
+
+# Paper reproductions (SigLiT at CPU scale, docs/RESULTS.md); QUICK=1 runs the smoke-sized variant.
+EXPERIMENT = $(OFFLINE) $(PY) -m siglip_lightning.experiments $(if $(QUICK),--quick,) --config
+
+reproduce-batchsize-sweep: $(STAMP)  ## batch size x {sigmoid, softmax} sweep -> runs/batchsize_sweep*/ (QUICK=1: smoke)
+	$(EXPERIMENT) configs/experiments/batchsize_sweep.yaml
+
+reproduce-init-study: $(STAMP)  ## paper Table 4: init of t' and b -> runs/init_study*/ (QUICK=1: smoke)
+	$(EXPERIMENT) configs/experiments/init_study.yaml
+
+reproduce-noise-study: $(STAMP)  ## paper Fig. 7: corrupted images/texts/pairings -> runs/noise_study*/ (QUICK=1: smoke)
+	$(EXPERIMENT) configs/experiments/noise_study.yaml
+
+test-notebooks: $(STAMP)  ## execute the notebooks in quick mode
+	$(OFFLINE) SIGLIP_QUICK=1 $(PY) -m pytest tests/test_notebooks.py -q
 
 clean:  ## remove runs and caches (not .venv)
 	rm -rf runs lightning_logs .pytest_cache

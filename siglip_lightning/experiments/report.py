@@ -1,0 +1,136 @@
+"""Summarise a results folder: mean ± std over seeds, a markdown table and a PNG plot."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import pandas as pd
+import yaml
+
+PLOT_METRICS = ["r1_mean", "zeroshot_top1"]
+LABELS = {"r1_mean": "retrieval R@1, % (mean of i→t and t→i)", "zeroshot_top1": "zero-shot top-1, %",
+          "r1_i2t": "R@1 image→text, %", "r1_t2i": "R@1 text→image, %"}
+
+
+def load_results(folder: os.PathLike) -> pd.DataFrame:
+    frame = pd.read_csv(Path(folder) / "results.csv")
+    if "error" in frame:
+        frame = frame[frame["error"].isna()]
+    return frame
+
+
+def share_baseline(frame: pd.DataFrame, panel: Optional[str]) -> pd.DataFrame:
+    """Runs whose ``panel`` value is ``none`` (e.g. p = 0: nothing corrupted) belong to every panel."""
+    if not panel or panel not in frame or not (frame[panel] == "none").any():
+        return frame
+    base, rest = frame[frame[panel] == "none"], frame[frame[panel] != "none"]
+    copies = [base.assign(**{panel: value}) for value in rest[panel].unique()]
+    return pd.concat([rest, *copies], ignore_index=True)
+
+
+def summarise(frame: pd.DataFrame, keys: List[str], metrics: List[str]) -> pd.DataFrame:
+    """One row per ``keys`` combination: mean, std (over seeds, ddof=1; 0 for one seed) and n."""
+    grouped = frame.groupby(keys, dropna=False)[metrics]
+    mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+    out = mean.add_suffix("_mean").join(std.add_suffix("_std"))
+    out["n"] = grouped.size()
+    return out.reset_index()
+
+
+def _keys(config: dict) -> List[str]:
+    plot = config.get("plot", {})
+    return [k for k in (plot.get("panel"), plot.get("x"), plot.get("series")) if k]
+
+
+def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str]) -> str:
+    """Rows: (panel, x); columns: each series' metrics as mean ± std; a sigmoid − softmax gap if both."""
+    plot = config.get("plot", {})
+    x, series, panel = plot["x"], plot["series"], plot.get("panel")
+    names = list(dict.fromkeys(summary[series]))
+    header = ([panel] if panel else []) + [x] + [f"{m} {s}" for m in metrics for s in names]
+    gap = {"sigmoid", "softmax"} <= set(names)
+    if gap:
+        header += [f"{m} sigmoid − softmax" for m in metrics]
+    header.append("seeds")
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    row_keys = ([panel] if panel else []) + [x]
+    for values, block in summary.groupby(row_keys, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        by = block.set_index(series)
+        cells = [str(v) for v in values]
+        for m in metrics:
+            for s in names:
+                cells.append(f"{by.loc[s, m + '_mean']:.1f} ± {by.loc[s, m + '_std']:.1f}" if s in by.index else "–")
+        if gap:
+            for m in metrics:
+                if {"sigmoid", "softmax"} <= set(by.index):
+                    cells.append(f"{by.loc['sigmoid', m + '_mean'] - by.loc['softmax', m + '_mean']:+.1f}")
+                else:
+                    cells.append("–")
+        cells.append(str(int(by["n"].min())))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathLike,
+         reference: Optional[dict] = None) -> None:
+    """One subplot per (panel value, metric); one line per series; error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = config.get("plot", {})
+    x, series, panel = spec["x"], spec["series"], spec.get("panel")
+    panels = list(dict.fromkeys(summary[panel])) if panel else [None]
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.2 * len(panels), 3.3 * len(metrics)),
+                             squeeze=False)
+    xs_all = sorted(set(summary[x]), key=lambda v: (isinstance(v, str), v))
+    categorical = any(isinstance(v, str) for v in xs_all)
+    for col, value in enumerate(panels):
+        part = summary if panel is None else summary[summary[panel] == value]
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for name, line in part.groupby(series, sort=False):
+                line = line.sort_values(x, key=lambda s: s.map(xs_all.index)) if categorical else line.sort_values(x)
+                xs = [xs_all.index(v) for v in line[x]] if categorical else line[x]
+                ax.errorbar(xs, line[f"{metric}_mean"], yerr=line[f"{metric}_std"], marker="o", capsize=3,
+                            label=f"{series}={name}")
+            if categorical:
+                ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
+            elif spec.get("logx"):
+                ax.set_xscale("log", base=2)
+            if "chance" in spec and metric == "zeroshot_top1":
+                ax.axhline(spec["chance"], color="grey", lw=0.8, ls=":", label="chance")
+            ax.set_xlabel(x)
+            ax.set_ylabel(LABELS.get(metric, metric))
+            if panel:
+                ax.set_title(f"{panel} = {value}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    title = config.get("name", "")
+    if config.get("quick"):
+        title += " (QUICK run: smoke-sized, not the documented result)"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(folder: os.PathLike, config: Optional[dict] = None) -> Path:
+    """``summary.csv``, ``summary.md`` and ``plot.png`` next to ``results.csv``."""
+    folder = Path(folder)
+    config = config or yaml.safe_load((folder / "config.yaml").read_text())
+    frame = load_results(folder)
+    if frame.empty:
+        raise RuntimeError(f"no successful runs in {folder / 'results.csv'}")
+    metrics = [m for m in ("r1_mean", "r1_i2t", "r1_t2i", "zeroshot_top1", "final_t", "seconds") if m in frame]
+    frame = share_baseline(frame, config.get("plot", {}).get("panel"))
+    summary = summarise(frame, _keys(config), metrics)
+    summary.to_csv(folder / "summary.csv", index=False)
+    table = markdown_table(summary, config, PLOT_METRICS)
+    note = "QUICK run (smoke-sized; not the documented result)\n\n" if config.get("quick") else ""
+    (folder / "summary.md").write_text(f"# {config.get('name', 'grid')}\n\n{note}{table}")
+    plot(summary, config, PLOT_METRICS, folder / "plot.png")
+    return folder
