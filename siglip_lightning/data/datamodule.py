@@ -248,9 +248,21 @@ class ImageTextDataModule(L.LightningDataModule):
         self._progress = {"epoch": epoch, "positions": {}, "last_worker": -1}
         return {}, 0
 
+    def _epoch_consumed(self) -> bool:
+        """True when Lightning will end this epoch after the current batch (e.g. limit_train_batches),
+        although the stream itself is not exhausted: a resume must then start the next epoch afresh."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return False
+        limit = trainer.num_training_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return limit != float("inf") and done >= limit
+
     def state_dict(self) -> Dict[str, Any]:
         mine = {"epoch": self._progress["epoch"], "positions": dict(self._progress["positions"]),
                 "last_worker": self._progress["last_worker"]}
+        if self._epoch_consumed():
+            mine = {"epoch": self._progress["epoch"] + 1, "positions": {}, "last_worker": -1}
         rank, world = self._rank()
         ranks = [mine]
         if world > 1 and dist.is_available() and dist.is_initialized():
