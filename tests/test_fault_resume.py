@@ -88,15 +88,10 @@ def test_resume_restores_model_optimizer_schedule_rng_and_counters(tmp_path):
     assert [s["step"] for s in steps_plain] == list(range(1, 8))
     ckpt_plain, ckpt_broken = _weights(plain), _weights(broken)
     _assert_same_training_state(steps_plain, steps_broken, ckpt_plain, ckpt_broken)
-    # The premise "every epoch starts with the same batch" holds for a stream that restarts each epoch
-    # in the same order. A data module that orders each epoch differently and resumes mid-stream may
-    # feed other samples here (the batch ids show it); the mid-epoch test below covers that case.
+    # The checkpoint at step 4 is taken on the last batch Lightning runs in its epoch: the resumed
+    # run must start the next epoch afresh, reading what the uninterrupted run read.
     differ = [a["step"] for a, b in zip(steps_plain, steps_broken) if a.get("ids") != b.get("ids")]
-    if differ:
-        # Seen with the data helper's resumable stream (issue 4): Lightning ends this epoch through
-        # limit_train_batches, the stream position saved is mid-stream, and the resumed run continues
-        # the old epoch's order in the new epoch. Reported to the lead; not this module's code.
-        pytest.xfail(f"data: after a resume at a limit_train_batches epoch end, steps {differ} read other samples")
+    assert not differ, f"after a resume at a limit_train_batches epoch end, steps {differ} read other samples"
     _assert_same_numbers(steps_plain, steps_broken, ckpt_plain, ckpt_broken)
 
 
