@@ -158,3 +158,23 @@ def test_cli_validate_open_clip_local_dir(tmp_path):
                  expected_zs, "cli zeroshot")
     assert_close({k.split("/")[-1]: v for k, v in logged.items() if k.startswith("retrieval/pairs/")},
                  expected_ret, "cli retrieval")
+
+
+def test_classic_clip_layout_is_refused_with_a_clear_error(tmp_path):
+    """open_clip's own CLIP layout (class-token ViT, causal text pooled at argmax) is not what the
+    towers hold: loading it must say so rather than load something else."""
+    import open_clip
+    import pytest
+
+    from siglip_lightning.errors import UserInputError
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
+                          "head_width": 16},
+           "text_cfg": {"context_length": CONTEXT, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny-classic-clip-test.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "configs")
+    with pytest.raises(UserInputError, match="MAP pooling"):
+        OpenCLIPVisionTower("tiny-classic-clip-test")
+    with pytest.raises(UserInputError, match="bidirectional"):
+        OpenCLIPTextTower("tiny-classic-clip-test")
