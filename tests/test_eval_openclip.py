@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 import torch.nn.functional as F
 import yaml
@@ -16,6 +17,7 @@ from lightning.pytorch import Trainer
 from siglip_lightning import SigLIPModule
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.data.synthetic import ShapesSpec
+from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval import Retrieval, ZeroShotClassification
 from siglip_lightning.interop.openclip import register_timm_vit, timm_name
 from siglip_lightning.pretrained import OpenCLIPTextTower, OpenCLIPVisionTower
@@ -164,9 +166,6 @@ def test_classic_clip_layout_is_refused_with_a_clear_error(tmp_path):
     """open_clip's own CLIP layout (class-token ViT, causal text pooled at argmax) is not what the
     towers hold: loading it must say so rather than load something else."""
     import open_clip
-    import pytest
-
-    from siglip_lightning.errors import UserInputError
 
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
                           "head_width": 16},
