@@ -42,19 +42,20 @@ def _tile_view(flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return flat[: rows * cols].view(rows, cols)
 
 
-def _tile_loss_and_grad(x, y, logit_scale, logit_bias, positives, logits_flat, scratch_flat):
+def _tile_loss_and_grad(x, y, scale, bias, positives, logits_flat, scratch_flat):
     """Loss sum and dlogits of one tile, written into reused buffers (no allocation per tile).
 
     Same operations as :func:`sigmoid_block_loss_and_grad` (t * x @ y.T + b, softplus, sigmoid),
     but the matmul writes straight into ``logits_flat`` and softplus into ``scratch_flat``: with
     many tiles the fresh ``tile x tile`` buffers (and their page faults) cost more than the
-    elementwise work itself.
+    elementwise work itself. ``scale`` and ``bias`` are Python floats so that the matmul applies
+    them (alpha, and beta = 1 over a buffer filled with b) instead of two more passes over the tile.
     """
     logits = _tile_view(logits_flat, x.shape[0], y.shape[0])
-    torch.mm(x, y.T, out=logits)
-    logits.mul_(logit_scale)
-    if logit_bias is not None:
-        logits.add_(logit_bias)
+    if bias is None:
+        logits.addmm_(x, y.T, beta=0, alpha=scale)  # beta = 0: the buffer's old content is ignored
+    else:
+        logits.fill_(bias).addmm_(x, y.T, alpha=scale)
     soft = _tile_view(scratch_flat, x.shape[0], y.shape[0])
     torch._C._nn.softplus(logits, 1, 20, out=soft)  # F.softplus's defaults (beta 1, threshold 20)
     loss = soft.sum()
@@ -106,6 +107,8 @@ def sigmoid_block_accumulate(
         size = min(tile_r, rows) * min(tile_c, cols)
         logits_flat = torch.empty(size, dtype=image_features.dtype, device=image_features.device)
         scratch_flat = torch.empty_like(logits_flat)
+        scale = float(logit_scale)
+        bias = None if logit_bias is None else float(logit_bias)
     for r0 in range(0, rows, tile_r):
         x = image_features[r0:r0 + tile_r]
         for c0 in range(0, cols, tile_c):
@@ -115,7 +118,7 @@ def sigmoid_block_accumulate(
                 logits = block_logits(x, y, logit_scale, logit_bias)
                 loss += block_loss_sum_from_logits(logits, positives).to(loss_dtype)
                 continue
-            part, dlogits = _tile_loss_and_grad(x, y, logit_scale, logit_bias, positives, logits_flat, scratch_flat)
+            part, dlogits = _tile_loss_and_grad(x, y, scale, bias, positives, logits_flat, scratch_flat)
             loss += part.to(loss_dtype)
             g_sum += dlogits.sum(dtype=loss_dtype)
             if image_acc is not None:
