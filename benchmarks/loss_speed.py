@@ -3,6 +3,7 @@ each configuration in a fresh process (see loss_harness.py), ours and the peer a
 
     PYTHONPATH=. python benchmarks/loss_speed.py                    # W=4, b=2048, d=512; n=8192 tiled vs dense
     PYTHONPATH=. python benchmarks/loss_speed.py --worlds 2 4 --repeats 3
+    PYTHONPATH=. python benchmarks/loss_speed.py --worlds --repeats 3     # only tiled vs dense at n=8192
 
 Ratios below 1.0 mean ours is faster. The machine is shared: compare ratios, not seconds.
 """
@@ -29,7 +30,7 @@ def compare(pairs, configs, repeats):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worlds", type=int, nargs="+", default=[4])
+    p.add_argument("--worlds", type=int, nargs="*", default=[4], help="ring sizes; none (bare --worlds): only the one-process rows")
     p.add_argument("--b", type=int, default=2048, help="pairs per rank")
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--steps", type=int, default=3, help="timed steps per process (median)")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from siglip_lightning.losses.sigmoid import block_logits, block_loss_sum_from_logits, sigmoid_block_loss_and_grad
+from siglip_lightning.losses.sigmoid import block_logits, block_loss_sum_from_logits
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,6 +35,36 @@ def _add(acc: torch.Tensor, lhs: torch.Tensor, rhs: torch.Tensor) -> None:
         acc.addmm_(lhs, rhs)
     else:
         acc.add_(lhs @ rhs)
+
+
+def _tile_view(flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A contiguous ``rows x cols`` view at the start of a reused flat buffer."""
+    return flat[: rows * cols].view(rows, cols)
+
+
+def _tile_loss_and_grad(x, y, scale, bias, positives, logits_flat, scratch_flat):
+    """Loss sum and dlogits of one tile, written into reused buffers (no allocation per tile).
+
+    Same operations as :func:`sigmoid_block_loss_and_grad` (t * x @ y.T + b, softplus, sigmoid),
+    but the matmul writes straight into ``logits_flat`` and softplus into ``scratch_flat``: with
+    many tiles the fresh ``tile x tile`` buffers (and their page faults) cost more than the
+    elementwise work itself. ``scale`` and ``bias`` are Python floats so that the matmul applies
+    them (alpha, and beta = 1 over a buffer filled with b) instead of two more passes over the tile.
+    """
+    logits = _tile_view(logits_flat, x.shape[0], y.shape[0])
+    if bias is None:
+        logits.addmm_(x, y.T, beta=0, alpha=scale)  # beta = 0: the buffer's old content is ignored
+    else:
+        logits.fill_(bias).addmm_(x, y.T, alpha=scale)
+    soft = _tile_view(scratch_flat, x.shape[0], y.shape[0])
+    torch._C._nn.softplus(logits, 1, 20, out=soft)  # F.softplus's defaults (beta 1, threshold 20)
+    loss = soft.sum()
+    if positives is not None:
+        loss = loss - torch.diagonal(logits, offset=positives).sum()
+    dlogits = logits.sigmoid_()
+    if positives is not None:
+        torch.diagonal(dlogits, offset=positives).sub_(1)
+    return loss, dlogits
 
 
 @torch.no_grad()
@@ -73,6 +103,12 @@ def sigmoid_block_accumulate(
     want_grad = image_acc is not None or text_acc is not None
     loss = torch.zeros((), dtype=loss_dtype, device=image_features.device)
     g_sum = torch.zeros((), dtype=loss_dtype, device=image_features.device) if want_grad else None
+    if want_grad:  # two tile buffers reused by every tile
+        size = min(tile_r, rows) * min(tile_c, cols)
+        logits_flat = torch.empty(size, dtype=image_features.dtype, device=image_features.device)
+        scratch_flat = torch.empty_like(logits_flat)
+        scale = float(logit_scale)
+        bias = None if logit_bias is None else float(logit_bias)
     for r0 in range(0, rows, tile_r):
         x = image_features[r0:r0 + tile_r]
         for c0 in range(0, cols, tile_c):
@@ -82,7 +118,7 @@ def sigmoid_block_accumulate(
                 logits = block_logits(x, y, logit_scale, logit_bias)
                 loss += block_loss_sum_from_logits(logits, positives).to(loss_dtype)
                 continue
-            part, dlogits = sigmoid_block_loss_and_grad(x, y, logit_scale, logit_bias, positives)
+            part, dlogits = _tile_loss_and_grad(x, y, scale, bias, positives, logits_flat, scratch_flat)
             loss += part.to(loss_dtype)
             g_sum += dlogits.sum(dtype=loss_dtype)
             if image_acc is not None:

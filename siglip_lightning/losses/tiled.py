@@ -24,7 +24,9 @@ def finish_gradients(image_features, text_features, logit_scale, logit_bias, ima
     t = logit_scale.detach().to(image_acc.dtype)
     grad_x = grad_y = grad_t = grad_b = None
     if needs[2]:  # before image_acc is scaled
-        grad_t = ((image_features.to(image_acc.dtype) * image_acc).sum() / norm).to(logit_scale.dtype)
+        # a dot product of the flattened tensors: no n x d temporary as (x * acc).sum() would make
+        x = image_features.detach().to(image_acc.dtype).reshape(-1)
+        grad_t = (torch.dot(x, image_acc.reshape(-1)) / norm).to(logit_scale.dtype)
         grad_t = grad_t.reshape(logit_scale.shape)
     if needs[3]:
         grad_b = (g_sum / norm).to(logit_bias.dtype).reshape(logit_bias.shape)
