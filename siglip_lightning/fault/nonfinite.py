@@ -39,7 +39,9 @@ def nonfinite_grad_flags(groups: Dict[str, List[torch.nn.Parameter]], device: to
     """One float per group: 1.0 if any gradient in it has a NaN or an inf (no host sync here)."""
     flags = []
     for params in groups.values():
-        grads = [p.grad for p in params if p.grad is not None]
+        # Sharded (FSDP2 DTensor) gradients: check this rank's shard; the flags are then combined
+        # across ranks, so every shard is covered and no collective runs on a DTensor.
+        grads = [getattr(p.grad, "to_local", lambda g=p.grad: g)() for p in params if p.grad is not None]
         if not grads:
             flags.append(torch.zeros((), device=device))
             continue
