@@ -14,12 +14,21 @@ import torch
 from open_clip.transformer import LayerNorm, TextTransformer, Transformer
 from torch import nn
 
+from siglip_lightning.attention import FusedMultiheadAttention
+
 
 class GELUTanh(nn.GELU):
     """The tanh approximation of GELU that SigLIP uses (``gelu_pytorch_tanh`` in transformers)."""
 
     def __init__(self) -> None:
         super().__init__(approximate="tanh")
+
+
+def use_fused_attention(transformer: Transformer) -> None:
+    """Give open_clip's blocks the leaner attention forward (same weights; see siglip_lightning.attention)."""
+    for block in transformer.resblocks:
+        if type(block.attn) is nn.MultiheadAttention:
+            FusedMultiheadAttention.adopt(block.attn)
 
 
 class MAPHead(nn.Module):
@@ -29,7 +38,7 @@ class MAPHead(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attention = FusedMultiheadAttention(width, heads, batch_first=True)
         self.norm = LayerNorm(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
@@ -109,6 +118,7 @@ class VisionTower(nn.Module):
         norm = partial(LayerNorm, eps=norm_eps)
         self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=GELUTanh, norm_layer=norm)
         self.transformer.grad_checkpointing = grad_checkpointing
+        use_fused_attention(self.transformer)
         self.norm = norm(width)
         self.head = MAPHead(width, heads, mlp_ratio, norm_eps) if pool_type == "map" else None
         self.proj = nn.Linear(width, self.output_dim) if self.output_dim != width else None
@@ -180,6 +190,7 @@ class TextTower(TextTransformer):
             norm_layer=partial(LayerNorm, eps=norm_eps),
         )
         self.transformer.grad_checkpointing = grad_checkpointing
+        use_fused_attention(self.transformer)
         if embedding_dim is not None:
             self.token_embedding = BottleneckEmbedding(vocab_size, embedding_dim, width)
 
