@@ -5,7 +5,9 @@
 All three train the same model (the quickstart towers: ViT 32 px / patch 8 / width 64 / 2 layers
 with a MAP head; text 16 tokens / width 64 / 2 layers; vocab 512) from the same initial weights, on
 the same pre-made in-memory batches (random images and token ids: the content does not change
-the cost), with AdamW (betas 0.9/0.95, wd 0.1 on matrices) and warmup + cosine:
+the cost), with AdamW (betas 0.9/0.95, wd 0.1 on matrices) and warmup + cosine. Ours (lightning,
+plain) is `SigLIPModule.configure_optimizers`: fused AdamW on plain CPU/CUDA tensors; open_clip's
+loops build open_clip's own (per-tensor) AdamW, as `open_clip_train.main` does:
 
 - lightning: `lightning.Trainer.fit` of `SigLIPModule` (what `siglip-lightning fit` runs; its
   per-step logging of loss, t, b and lr included; no checkpoints, progress bar or logger files);
@@ -34,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from siglip_lightning import SigLIPModule, SigmoidLoss, TextTower, VisionTower  # noqa: E402
-from siglip_lightning.module import warmup_cosine  # noqa: E402
 
 WARMUP = 3
 
@@ -71,8 +72,9 @@ class Stamped(torch.utils.data.IterableDataset):
 
 def time_plain(batches) -> list:
     module = make_module().train()
-    optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, 10, 10_000, 0.0))
+    # the module's own optimizer and schedule (fused AdamW where it applies), as Lightning uses them
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     stamped = Stamped(batches)
     for batch in stamped:
         optimizer.zero_grad(set_to_none=True)

@@ -48,6 +48,14 @@ def check_towers_match_data(module: "SigLIPModule", datamodule: Any) -> None:
             raise UserInputError(f"data.{key} is {data_value} but {tower_key} is {tower_value}: make them equal")
 
 
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
 class SigLIPModule(L.LightningModule):
     """Image tower + text tower + contrastive loss, trained with AdamW and warmup + cosine.
 
@@ -74,6 +82,9 @@ class SigLIPModule(L.LightningModule):
             image position embeddings are interpolated to the new grid); a resumed fit
             (``--ckpt_path``) overwrites them with its own.
         compile: ``torch.compile`` both towers in place (state-dict keys unchanged).
+        fused_optimizer: use AdamW's fused kernel (one pass over all parameters instead of one
+            small op per tensor: about 6x faster optimizer steps on a CPU). ``None``: on whenever
+            every trained parameter is a plain CPU or CUDA tensor (off for FSDP2's sharded ones).
     """
 
     def __init__(
@@ -95,6 +106,7 @@ class SigLIPModule(L.LightningModule):
         image_tower_weight_decay: bool = True,
         init_from: Optional[str] = None,
         compile: bool = False,
+        fused_optimizer: Optional[bool] = None,
     ) -> None:
         super().__init__()
         # Python-built towers/loss are left out of hparams so checkpoints stay weights_only-loadable.
@@ -200,9 +212,16 @@ class SigLIPModule(L.LightningModule):
             for (decay, scale), params in groups.items()
         ]
 
+    def use_fused_optimizer(self) -> bool:
+        choice = self.hparams.get("fused_optimizer")
+        if choice is not None:
+            return bool(choice)
+        trained = [p for p in self.parameters() if p.requires_grad]
+        return all(p.device.type in ("cpu", "cuda") and not _is_dtensor(p) for p in trained)
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                      eps=self.hparams.eps)
+                                      eps=self.hparams.eps, fused=self.use_fused_optimizer())
         total, warmup, floor = self._total_steps(), self.hparams.warmup_steps, self.hparams.min_lr_ratio
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -65,3 +65,4 @@ def test_towers_use_it_and_keep_the_stock_state_dict_keys():
     assert attentions and all(isinstance(m, FusedMultiheadAttention) for m in attentions)
     keys = set(vision.state_dict())
     assert "transformer.resblocks.0.attn.in_proj_weight" in keys and "head.attention.out_proj.weight" in keys
+

@@ -144,7 +144,7 @@ def train_text_tower(data: Dict[str, object], loss: str = "sigmoid", batch_size:
     warmup = max(1, int(warmup_frac * steps))
     module = SigLIPModule(nn.Identity(), text, LOSSES[loss](), init_logit_scale=init_scale, init_logit_bias=bias,
                           lr=lr, weight_decay=weight_decay, warmup_steps=warmup, total_steps=steps).to(device)
-    optimizer = torch.optim.AdamW(module.parameter_groups(), betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(module.parameter_groups(), betas=(0.9, 0.95), fused=module.use_fused_optimizer())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps, 0.0))
     generator = torch.Generator().manual_seed(10_000 + seed)
     images_all = data["train_image"]
