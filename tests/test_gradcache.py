@@ -63,6 +63,41 @@ def test_same_loss_and_gradients_as_the_whole_batch(loss_name, micro):
     assert_same_gradients(gradients(reference), grads, rtol=1e-9, atol=1e-12)
 
 
+def test_inner_backward_passes_use_the_loss_scale_of_fp16_training():
+    """With a GradScaler (16-mixed) Lightning scales the backward of the returned surrogate; the
+    micro-batches backpropagated inside training_step must be scaled the same way."""
+
+    class Scaler:
+        def scale(self, tensor):
+            return tensor * 1024.0
+
+    images, text = random_batch(dtype=torch.float64)
+    reference = tiny_module(SigmoidLoss(), 3).double()
+    reference.compute_loss({"image": images, "text": text}).backward()
+    module = tiny_module(SigmoidLoss(), 3).double()
+    module._trainer = type("FakeTrainer", (), {"precision_plugin": type("Plugin", (), {"scaler": Scaler()})()})()
+    _, surrogate = gradcache.cached_gradient_loss(module, images, text, 3)
+    module._trainer = None
+    Scaler().scale(surrogate).backward()  # what Lightning's MixedPrecision plugin does with it
+    expected = {name: grad * 1024.0 for name, grad in gradients(reference).items()}
+    assert_same_gradients(expected, gradients(module), rtol=1e-9, atol=1e-9)
+
+
+def test_bf16_autocast_gives_the_whole_batch_gradient_up_to_bf16_rounding():
+    images, text = random_batch()
+    reference, module = tiny_module(SigmoidLoss(), 4), tiny_module(SigmoidLoss(), 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_loss = reference.compute_loss({"image": images, "text": text})
+        loss, surrogate = gradcache.cached_gradient_loss(module, images, text, 2)
+    expected_loss.backward()
+    surrogate.backward()
+    torch.testing.assert_close(loss.float(), expected_loss.detach().float(), rtol=2e-2, atol=0)
+    expected, actual = gradients(reference), gradients(module)
+    for name in expected:  # bf16 has 8 bits of mantissa: compare whole tensors, relative to their norm
+        error = (actual[name] - expected[name]).norm() / expected[name].norm().clamp_min(1e-12)
+        assert error < 0.05, (name, float(error))
+
+
 class DropoutTower(nn.Module):
     def __init__(self, tower: nn.Module) -> None:
         super().__init__()
