@@ -14,11 +14,13 @@ from torch.nn.parallel import DistributedDataParallel
 from distributed_group import run_in_group
 from siglip_lightning import SigLIPModule, TextTower, VisionTower
 from siglip_lightning.gradcache import cached_gradient_loss
-from siglip_lightning.losses import ChunkedSigmoidLoss, DistributedSoftmaxLoss, SigmoidLoss, SoftmaxLoss
+from siglip_lightning.losses import (ChunkedSigmoidLoss, ChunkedSoftmaxLoss, DistributedSoftmaxLoss, SigmoidLoss,
+                                     SoftmaxLoss)
 
 ROWS = [7, 5]  # per rank: uneven, and neither a multiple of the micro-batch size
 MICRO = 3
-GLOBAL_LOSSES = {"chunked_sigmoid": (ChunkedSigmoidLoss, SigmoidLoss), "softmax": (DistributedSoftmaxLoss, SoftmaxLoss)}
+GLOBAL_LOSSES = {"chunked_sigmoid": (ChunkedSigmoidLoss, SigmoidLoss), "softmax": (DistributedSoftmaxLoss, SoftmaxLoss),
+                 "chunked_softmax": (ChunkedSoftmaxLoss, SoftmaxLoss)}
 
 
 def _setup(rank: int, loss_name: str, seed: int):
@@ -103,3 +105,22 @@ def test_ddp_gradient_caching_gives_the_global_gradient_with_one_all_reduce(loss
 
 def test_fsdp2_gradient_caching_gives_the_global_gradient():
     run_in_group(2, fsdp2_matches_global_gradient, "chunked_sigmoid", int(torch.randint(0, 2**31 - 1, ())))
+
+
+@pytest.mark.slow  # two CLI processes each: ~1 min on a loaded 2-core machine
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_cli_fit_with_micro_batches(strategy, tmp_path):
+    """The whole Lightning path (2 ranks, gloo): trains with the chunked loss, logs, writes a checkpoint."""
+    from conftest import REPO, run_cli, tiny_fit_args
+
+    args = tiny_fit_args(tmp_path, "--config", str(REPO / "configs" / "strategies" / f"{strategy}.yaml"),
+                         "--trainer.devices=2", "--model.micro_batch_size=5", "--model.loss=ChunkedSigmoidLoss",
+                         "--trainer.gradient_clip_val=1.0", "--trainer.limit_val_batches=0",
+                         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}")
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "train/loss" in metrics
+    saved = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
+    assert saved["global_step"] == 2 and saved["hyper_parameters"]["micro_batch_size"] == 5
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
