@@ -1,8 +1,9 @@
 """Peak memory and time of one training step at batch B: the whole batch at once, gradient caching
 (``model.micro_batch_size``) and open_clip's ``--accum-freq`` method, on the same model and inputs.
 
-Each (method, micro-batch size) runs in a fresh subprocess, so that the peak resident set size
-(``VmHWM`` minus the RSS just before the step) is that step's alone. The accum-freq method is
+Each (method, micro-batch size) runs in a fresh subprocess: a warm-up step, timed steps, then one
+step whose peak resident set size (``VmHWM`` reset before it, minus the RSS just before it) is
+measured with every large block allocated by mmap, so that freed memory leaves the RSS. The accum-freq method is
 re-implemented here from open_clip's description (``train_one_epoch`` with ``accum_freq > 1``):
 embed every micro-batch without grad, then for each micro-batch re-embed it with grad, splice it
 into the cached features and backpropagate the loss of the whole batch (k losses per step).
@@ -14,6 +15,7 @@ Every method's gradients are checked against the whole-batch step.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -37,8 +39,8 @@ def build(seed: int = 0):
     from siglip_lightning import SigLIPModule, TextTower, VisionTower
 
     torch.manual_seed(seed)
-    image = VisionTower(image_size=64, patch_size=8, width=128, layers=4, heads=4)
-    text = TextTower(vocab_size=1000, context_length=16, width=128, layers=4, heads=4, output_dim=128)
+    image = VisionTower(image_size=64, patch_size=8, width=128, layers=3, heads=4)
+    text = TextTower(vocab_size=1000, context_length=16, width=128, layers=3, heads=4, output_dim=128)
     return SigLIPModule(image, text)
 
 
@@ -60,7 +62,7 @@ def accum_freq_step(module, images, text, micro):
 
 
 def one_step(method: str, batch: int, micro: int, threads: int, repeats: int) -> dict:
-    """Runs in the child: one cold step for the memory peak, then ``repeats`` timed steps."""
+    """Runs in the child: a warm-up step, ``repeats`` timed steps, one step for the memory peak."""
     import torch
 
     from siglip_lightning.gradcache import cached_gradient_loss
@@ -80,14 +82,21 @@ def one_step(method: str, batch: int, micro: int, threads: int, repeats: int) ->
         else:
             accum_freq_step(module, images, text, micro)
 
-    before = _rss_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-    step()
-    peak = _rss_kib("VmHWM") - before
+    step()  # warm-up: one-time allocations (thread pools, kernel caches) are not the step's memory
     start = time.perf_counter()
     for _ in range(repeats):
         step()
     seconds = (time.perf_counter() - start) / repeats
+    # Then one more step for memory, with every large block taken from (and given back to) mmap, so
+    # that freed memory leaves the RSS and the step's peak is its own (slower, hence not timed).
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    module.zero_grad(set_to_none=True)
+    libc.malloc_trim(0)
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+    step()
+    peak = _rss_kib("VmHWM") - before
     grads = {n: p.grad for n, p in module.named_parameters()}
     torch.save(grads, os.environ["GRADS_OUT"])
     return {"method": method, "micro": micro, "peak_mib": peak / 1024, "seconds": seconds}
@@ -105,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1, help="timed steps after the cold one")
+    parser.add_argument("--repeats", type=int, default=1, help="timed steps after a warm-up step")
     args = parser.parse_args()
     import tempfile
 
@@ -126,8 +135,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     whole = rows[0]
-    print(f"\nbatch {b}, {args.threads} thread(s); peak = RSS rise during one step; time = mean of "
-          f"{args.repeats} warm step(s); grad_err = max over tensors of |g - g_whole| / |g_whole|")
+    print(f"\nbatch {b}, {args.threads} thread(s); peak = RSS rise during a step; time = mean of "
+          f"{args.repeats} step(s) after a warm-up; grad_err = max over tensors of |g - g_whole| / |g_whole|")
     print(f"{'method':<12}{'micro':>6}{'peak MiB':>10}{'x whole':>9}{'step s':>9}{'x whole':>9}{'grad_err':>10}")
     for r in rows:
         print(f"{r['method']:<12}{r['micro']:>6}{r['peak_mib']:>10.0f}{r['peak_mib'] / whole['peak_mib']:>9.2f}"

@@ -135,6 +135,7 @@ def cached_gradient_loss(module: nn.Module, images: torch.Tensor, text: torch.Te
     wide = lambda t: torch.promote_types(t.dtype, torch.float32)  # noqa: E731
     grads = [torch.zeros_like(w, dtype=wide(w)) if g is None else g.to(wide(g)) for w, g in zip(wrt, grads)]
     image_grads, text_grads = (torch.split(g, [p[0].shape[0] for p in pieces]) for g in grads[:2])
+    del image_features, text_features, wrt  # only their gradients are needed from here on
     scalar_grads = iter(grads[2:])
     scalar_terms = [(param, next(scalar_grads)) for param in (module.logit_scale, module.logit_bias)
                     if param is not None and param.requires_grad]
