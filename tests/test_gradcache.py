@@ -22,6 +22,15 @@ BATCH = 7  # not a multiple of 3: the micro-batches are uneven
 LOSSES = {"sigmoid": SigmoidLoss, "softmax": SoftmaxLoss, "tiled": lambda: TiledSigmoidLoss(tile=3)}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: on the shared 2-core machine a second thread mostly waits for the other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_module(loss: nn.Module, seed: int, **kwargs) -> SigLIPModule:
     torch.manual_seed(seed)
     image = VisionTower(image_size=16, patch_size=8, width=32, layers=1, heads=2)
@@ -189,3 +198,33 @@ def test_a_lightning_fit_with_micro_batches_matches_the_whole_batch_and_resumes(
     assert resumed.trainer.global_step == 3 and len(resumed_grads.steps) == 1
     state = resumed.trainer.optimizers[0].state_dict()["state"]
     assert all(int(s["step"]) == 3 for s in state.values())  # AdamW moments continued, not restarted
+
+
+def test_the_nonfinite_guard_skips_bad_micro_batched_steps(tmp_path):
+    import lightning as L
+
+    from fault_helpers import pair_loader
+    from fault_helpers import tiny_module as fault_tiny_module
+    from siglip_lightning.fault import NonFiniteGuard
+    from siglip_lightning.fault.drills import InjectNonFinite
+
+    class Weights(Callback):
+        def __init__(self) -> None:
+            self.after = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.after.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    guard, weights = NonFiniteGuard(max_consecutive=3), Weights()
+    injectors = [InjectNonFinite(steps=[1], target="loss"), InjectNonFinite(steps=[2], target="image_tower", value="inf")]
+    L.seed_everything(0)
+    module = fault_tiny_module(micro_batch_size=3)  # batches of 8: micro-batches of 3, 3, 2
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, callbacks=[guard, weights, *injectors], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=pair_loader())
+    assert guard.total_skipped == 2 and trainer.global_step == 4
+    moved = [any(not torch.equal(a[n], b[n]) for n in a) for a, b in zip(weights.after, weights.after[1:])]
+    assert moved == [False, False, True]  # steps 1 and 2 were skipped, step 3 trained
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert {int(s["step"]) for s in trainer.optimizers[0].state.values()} == {2}
