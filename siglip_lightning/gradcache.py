@@ -55,17 +55,21 @@ def _fsdp_root(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def wants_micro_batches(module: nn.Module, rows: int, micro_batch_size: Optional[int]) -> bool:
+    """Whether this step goes through gradient caching: when the batch is larger than a micro-batch,
+    and always under FSDP (a rank with a short last batch must still run the others' forwards)."""
+    return bool(micro_batch_size) and (rows > micro_batch_size or _fsdp_root(module))
+
+
 def count_micro_batches(rows: int, micro_batch_size: int, sharded: bool, device: torch.device) -> int:
     """How many micro-batches this step takes. Under FSDP every forward all-gathers weights, so all
-    ranks must run the same number: they agree on the largest, and a short batch is split finer."""
+    ranks must run the same number: they agree on the largest; a rank with a short batch splits it
+    finer, or (fewer rows than micro-batches) pads with forwards whose gradient is zero."""
     count = math.ceil(rows / micro_batch_size)
     if sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         agreed = torch.tensor([count], device=device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
         count = int(agreed.item())
-        if rows < count:
-            raise UserInputError(f"this rank holds {rows} pairs but the ranks need {count} micro-batches: give every "
-                                 "rank the same data.batch_size, or raise model.micro_batch_size")
     return count
 
 
@@ -112,7 +116,9 @@ def cached_gradient_loss(module: nn.Module, images: torch.Tensor, text: torch.Te
     rows = images.shape[0]
     sharded = _fsdp_root(module)
     count = count_micro_batches(rows, micro_batch_size, sharded, images.device)
-    pieces = list(zip(torch.tensor_split(images, count), torch.tensor_split(text, count)))
+    real = min(count, rows)
+    pieces = list(zip(torch.tensor_split(images, real), torch.tensor_split(text, real)))
+    pieces += [(images[:1], text[:1])] * (count - real)  # FSDP padding (see count_micro_batches)
     rng = _RngReplay(images.device)
 
     # 1. every micro-batch's embeddings, without activations (through module(...) so FSDP's hooks run)
@@ -123,8 +129,8 @@ def cached_gradient_loss(module: nn.Module, images: torch.Tensor, text: torch.Te
             embedded.append(module(image_part, text_part))
 
     # 2. the loss of the whole batch, differentiated w.r.t. the embeddings, t' and b only
-    image_features = torch.cat([e[0] for e in embedded]).requires_grad_()
-    text_features = torch.cat([e[1] for e in embedded]).requires_grad_()
+    image_features = torch.cat([e[0] for e in embedded[:real]]).requires_grad_()
+    text_features = torch.cat([e[1] for e in embedded[:real]]).requires_grad_()
     del embedded
     scale, bias = _scalar_leaf(module.logit_scale), _scalar_leaf(module.logit_bias)
     with torch.enable_grad():
@@ -134,7 +140,8 @@ def cached_gradient_loss(module: nn.Module, images: torch.Tensor, text: torch.Te
     # kept in at least float32: with fp16/bf16 towers the cached gradients are not rounded twice
     wide = lambda t: torch.promote_types(t.dtype, torch.float32)  # noqa: E731
     grads = [torch.zeros_like(w, dtype=wide(w)) if g is None else g.to(wide(g)) for w, g in zip(wrt, grads)]
-    image_grads, text_grads = (torch.split(g, [p[0].shape[0] for p in pieces]) for g in grads[:2])
+    image_grads, text_grads = (list(torch.split(g, [p[0].shape[0] for p in pieces[:real]]))
+                               + [g.new_zeros((1, *g.shape[1:]))] * (count - real) for g in grads[:2])
     del image_features, text_features, wrt  # only their gradients are needed from here on
     scalar_grads = iter(grads[2:])
     scalar_terms = [(param, next(scalar_grads)) for param in (module.logit_scale, module.logit_bias)

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.gradcache import cached_gradient_loss, check_micro_batch_size
+from siglip_lightning.gradcache import cached_gradient_loss, check_micro_batch_size, wants_micro_batches
 from siglip_lightning.init_weights import load_initial_weights
 from siglip_lightning.fault.hparams import module_hparams_to_ignore
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
@@ -157,7 +157,7 @@ class SigLIPModule(L.LightningModule):
     # --- steps -----------------------------------------------------------------------------------
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         micro = self.hparams.get("micro_batch_size")
-        if micro and batch["image"].shape[0] > micro:
+        if wants_micro_batches(self, batch["image"].shape[0], micro):
             # Backpropagates all micro-batches but the last; Lightning's backward of `step_loss` does the
             # rest. Lightning zeroes gradients between training_step and backward: do it here instead.
             for optimizer in self.trainer.optimizers:
