@@ -6,7 +6,8 @@ step whose peak resident set size (``VmHWM`` reset before it, minus the RSS just
 measured with every large block allocated by mmap, so that freed memory leaves the RSS. The accum-freq method is
 re-implemented here from open_clip's description (``train_one_epoch`` with ``accum_freq > 1``):
 embed every micro-batch without grad, then for each micro-batch re-embed it with grad, splice it
-into the cached features and backpropagate the loss of the whole batch (k losses per step).
+into the cached features and backpropagate the loss of the whole batch (k losses per step); unlike
+open_clip_train 3.3, t' and b get their gradient once, not once per micro-batch.
 Every method's gradients are checked against the whole-batch step.
 
     python benchmarks/gradcache_memory.py                # B = 256, micro-batches 256, 64, 16
