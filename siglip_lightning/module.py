@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from siglip_lightning.errors import UserInputError
+from siglip_lightning.gradcache import cached_gradient_loss, check_micro_batch_size, wants_micro_batches
 from siglip_lightning.init_weights import load_initial_weights
 from siglip_lightning.fault.hparams import module_hparams_to_ignore
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
@@ -85,6 +86,10 @@ class SigLIPModule(L.LightningModule):
         fused_optimizer: use AdamW's fused kernel (one pass over all parameters instead of one
             small op per tensor: about 6x faster optimizer steps on a CPU). ``None``: on whenever
             every trained parameter is a plain CPU or CUDA tensor (off for FSDP2's sharded ones).
+        micro_batch_size: embed a training batch larger than this in micro-batches of at most this
+            many pairs with gradient caching (``siglip_lightning/gradcache.py``): the same gradient
+            as the whole batch at once, the activation memory of one micro-batch, about one extra
+            forward pass. ``None``: the whole batch in one piece.
     """
 
     def __init__(
@@ -107,8 +112,10 @@ class SigLIPModule(L.LightningModule):
         init_from: Optional[str] = None,
         compile: bool = False,
         fused_optimizer: Optional[bool] = None,
+        micro_batch_size: Optional[int] = None,
     ) -> None:
         super().__init__()
+        check_micro_batch_size(micro_batch_size)
         # Python-built towers/loss are left out of hparams so checkpoints stay weights_only-loadable.
         self.save_hyperparameters(ignore=module_hparams_to_ignore(image_tower=image_tower, text_tower=text_tower,
                                                                   loss=loss))
@@ -120,17 +127,18 @@ class SigLIPModule(L.LightningModule):
         self.logit_scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_logit_scale)
         self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
         self._last_step_end: Optional[float] = None
+        self._grads_zeroed = False
 
     def setup(self, stage: str) -> None:
         check_towers_match_data(self, getattr(self.trainer, "datamodule", None))
         if stage == "fit" and self.trainer.accumulate_grad_batches > 1:
             # Summing the losses of micro-batches is not the loss of their union: each micro-batch
-            # would only see its own negatives (open_clip's --accum-freq re-embeds with cached
-            # features instead). Not supported: grow data.batch_size or the number of devices.
+            # would only see its own negatives. model.micro_batch_size caches the embeddings instead.
             raise UserInputError(
                 f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches} is not supported: "
                 "accumulating contrastive losses shrinks the negatives to one micro-batch; raise "
-                "data.batch_size or devices (with a chunked loss) instead")
+                "data.batch_size and set model.micro_batch_size to what fits in memory (gradient caching: "
+                "the same gradient as the whole batch), or add devices (with a chunked loss)")
         if stage == "fit" and self.hparams.get("init_from"):
             load_initial_weights(self, self.hparams.init_from)
 
@@ -160,7 +168,16 @@ class SigLIPModule(L.LightningModule):
 
     # --- steps -----------------------------------------------------------------------------------
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch)
+        micro = self.hparams.get("micro_batch_size")
+        if wants_micro_batches(self, batch["image"].shape[0], micro):
+            # Backpropagates all micro-batches but the last; Lightning's backward of `step_loss` does the
+            # rest. Lightning zeroes gradients between training_step and backward: do it here instead.
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._grads_zeroed = True
+            loss, step_loss = cached_gradient_loss(self, batch["image"], batch["text"], micro)
+        else:
+            loss = step_loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/t", self.logit_scale.detach().exp(), prog_bar=True)
         if self.logit_bias is not None:
@@ -168,7 +185,13 @@ class SigLIPModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr)
         for reason, count in batch.get("skipped", {}).items():
             self.log(f"data/skipped_{reason}", float(count), reduce_fx="sum", on_step=False, on_epoch=True)
-        return loss
+        return step_loss
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._grads_zeroed:  # by training_step, before gradient caching filled them: keep them
+            self._grads_zeroed = False
+            return
+        optimizer.zero_grad()
 
     def on_train_batch_end(self, outputs: Any, batch: Dict[str, Any], batch_idx: int) -> None:
         now = time.perf_counter()
