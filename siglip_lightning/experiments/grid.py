@@ -87,9 +87,11 @@ def _run_one(kwargs: dict) -> dict:
     from siglip_lightning.experiments.textrun import train_text_tower
 
     try:
-        return train_text_tower(_DATA, **kwargs)
+        result = train_text_tower(_DATA, **kwargs)
     except RuntimeError as err:  # a diverged run is a result, not a crash of the grid
         return {**kwargs, "error": str(err)}
+    # every setting of the run goes in its row (a grid over e.g. lr_base needs the column to group by)
+    return {**result, **{k: v for k, v in kwargs.items() if k not in result}}
 
 
 def run_grid(config: dict, out_dir: os.PathLike, workers: Optional[int] = None, progress: bool = True) -> Path:
