@@ -126,7 +126,8 @@ class SigLIPModule(L.LightningModule):
         bias = self.loss.init_logit_bias if init_logit_bias is None else init_logit_bias
         self.logit_scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_logit_scale)
         self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
-        self._last_step_end: Optional[float] = None
+        self._last_step_end: Optional[float] = None  # samples/s: when the current interval began
+        self._samples_since = 0  # and how many samples (all ranks) it has seen
         self._grads_zeroed = False
 
     def setup(self, stage: str) -> None:
@@ -204,7 +205,7 @@ class SigLIPModule(L.LightningModule):
         # samples/s over the steps since the last logged one (the first step, with its warm-up, excluded)
         now = time.perf_counter()
         if self._last_step_end is None:
-            self._last_step_end, self._samples_since = now, 0
+            self._last_step_end = now
             return
         self._samples_since += batch["image"].shape[0] * self.trainer.world_size
         if self._writes_logs_this_step():
