@@ -15,12 +15,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from siglip_lightning.data.loader import StreamLoader
 from siglip_lightning.data.sources import (
-    ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, column_names, open_splits, pick_column,
+    ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, caption_strings, column_names, open_splits, pick_column,
 )
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
 from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.data.transforms import ImageTransform
+from siglip_lightning import _compat
+from siglip_lightning.ranks import is_distributed
 from siglip_lightning.errors import UserInputError
 
 BUILTIN = "builtin"
@@ -118,7 +120,7 @@ class ImageTextDataModule(L.LightningDataModule):
     def _resolved_path(self) -> str:
         return str(self.builtin_root / "pairs") if self.path == BUILTIN else self.path
 
-    def _tokenizer_file(self) -> Path:
+    def tokenizer_file(self) -> Path:
         if self.hparams.tokenizer_path:
             return Path(self.hparams.tokenizer_path).expanduser()
         key = json.dumps([self._resolved_path(), self.hparams.text_column, self.hparams.vocab_size,
@@ -131,7 +133,7 @@ class ImageTextDataModule(L.LightningDataModule):
         """Runs on one process per node: generate the built-in data, train the tokenizer."""
         if self.path == BUILTIN:
             _ = self.builtin_root
-        model_file = self._tokenizer_file()
+        model_file = self.tokenizer_file()
         if self.hparams.tokenizer_type == "sentencepiece" and not model_file.exists():
             if self.hparams.tokenizer_path:
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
@@ -140,15 +142,14 @@ class ImageTextDataModule(L.LightningDataModule):
                                       "text", "data.text_column")
             rows = itertools.islice(train.select_columns([text_column]), self.hparams.tokenizer_train_samples)
             captions = (ex[text_column] for ex in rows)  # the text column only: no image bytes read into Python
-            flat = (c for cap in captions for c in (cap if isinstance(cap, (list, tuple)) else [cap]))
-            train_sentencepiece(flat, model_file, self.hparams.vocab_size)
+            train_sentencepiece(caption_strings(captions), model_file, self.hparams.vocab_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
             if self.hparams.tokenizer_type == "clip":
                 self.tokenizer = ClipTokenizer(self.hparams.context_length)
             else:
-                self.tokenizer = SentencePieceTokenizer(self._tokenizer_file(), self.hparams.context_length)
+                self.tokenizer = SentencePieceTokenizer(self.tokenizer_file(), self.hparams.context_length)
         splits = self._open()
         if "train" not in splits:
             raise UserInputError(f"no train split in {self.path!r}: found {sorted(splits)}")
@@ -172,6 +173,14 @@ class ImageTextDataModule(L.LightningDataModule):
                         splits[name] = splits[name].cast_column(column, datasets.Image(decode=False))
             self._splits = splits
         return self._splits
+
+    def raw_split_names(self) -> list:
+        """The splits of the dataset (opened, not decoded)."""
+        return sorted(self._open())
+
+    def raw_split(self, name: str):
+        """Split ``name`` as a streaming dataset of raw rows in stored order (images not decoded)."""
+        return self._open()[name]
 
     def _rank(self):
         if self.trainer is None:
@@ -255,7 +264,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if trainer is None or not trainer.training:
             return False
         limit = trainer.num_training_batches
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        done = _compat.batches_started_this_epoch(trainer)
         return limit != float("inf") and done >= limit
 
     def state_dict(self) -> Dict[str, Any]:
@@ -265,7 +274,7 @@ class ImageTextDataModule(L.LightningDataModule):
             mine = {"epoch": self._progress["epoch"] + 1, "positions": {}, "last_worker": -1}
         rank, world = self._rank()
         ranks = [mine]
-        if world > 1 and dist.is_available() and dist.is_initialized():
+        if world > 1 and is_distributed():
             ranks = [None] * world
             dist.all_gather_object(ranks, mine)  # every rank saves; rank 0's file needs all positions
         return {"stream": ranks, "num_workers": max(1, self.hparams.num_workers), "world_size": world}
