@@ -48,7 +48,8 @@ def make_loss(impl: str, rank: int, world: int, tile: int):
         "chunked-tiled": lambda: ours.ChunkedSigmoidLoss(bidirectional=True, tile=tile),
         "open_clip-bidir": lambda: SigLipLoss(rank=rank, world_size=world, dist_impl="bidir"),
         "tiled": lambda: ours.TiledSigmoidLoss(tile=tile),
-        "dense": lambda: ours.SigmoidLoss(),
+        "dense": lambda: ours.SigmoidLoss(local_negatives=True),
+        "sigmoid": lambda: ours.SigmoidLoss(),  # what a recipe names: global (one-way ring on W > 1)
         "open_clip-siglip": lambda: SigLipLoss(),
         "softmax": lambda: ours.DistributedSoftmaxLoss(),
         "open_clip-clip": lambda: ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world),
@@ -118,7 +119,9 @@ def measure(config: Dict, timeout: int = 1800) -> List[Dict]:
     """Run one configuration in a fresh interpreter; returns one dict per rank."""
     # A fixed mmap threshold makes glibc return every large freed buffer to the OS at once, so RSS
     # follows the tensors the loss holds instead of what malloc keeps cached (the same for both).
-    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1", MALLOC_MMAP_THRESHOLD_="65536")
+    # config["pythonpath"]: another checkout of the project (a before/after comparison in one run).
+    env = dict(os.environ, PYTHONPATH=config.get("pythonpath", REPO), HF_HUB_OFFLINE="1",
+               MALLOC_MMAP_THRESHOLD_="65536")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(config)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -81,7 +81,8 @@ def test_resolution_adaptation_32_to_48_px_loads_and_trains(tmp_path):
 def test_pretrained_image_tower_gets_scaled_lr_and_no_weight_decay():
     module = SigLIPModule(VisionTower(image_size=16, patch_size=8, width=32, layers=1, heads=2),
                           TextTower(vocab_size=64, context_length=8, width=32, layers=1, heads=2, output_dim=32),
-                          lr=1e-3, weight_decay=0.1, image_tower_lr_scale=0.1, image_tower_weight_decay=False)
+                          lr=1e-3, weight_decay=0.1, image_tower_lr_scale=0.1, image_tower_weight_decay=False,
+                          weight_decay_mask="matrices")
     owner = {id(p): name for name, p in module.named_parameters()}
     seen = 0
     for group in module.parameter_groups():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import lightning as L
 import torch
@@ -16,7 +16,8 @@ from siglip_lightning.model.gradcache import cached_gradient_loss, check_micro_b
 from siglip_lightning.model.init_from import load_initial_weights
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
 from siglip_lightning.model.hparams import module_hparams_to_ignore
-from siglip_lightning.model.optim import parameter_groups, use_fused_optimizer, warmup_cosine
+from siglip_lightning.model.precision import keep_float32
+from siglip_lightning.model.optim import decayed_names, parameter_groups, use_fused_optimizer, warmup_cosine
 from siglip_lightning.towers.contract import spec_of
 
 
@@ -55,6 +56,10 @@ class SigLIPModule(L.LightningModule):
         lr: peak learning rate.
         weight_decay: torch AdamW's decay (multiplied by the lr); the paper's decoupled 1e-4 at
             lr 1e-3 corresponds to 0.1. Never applied to biases, norms, t' or b.
+        weight_decay_mask: which parameters decay: ``kernels`` (big_vision, as the paper trained:
+            dense, conv and attention-projection weights only; position embeddings, the MAP probe
+            and token embeddings are not decayed) or ``matrices`` (open_clip: every tensor with
+            two or more dimensions). See ``model/optim.py``.
         betas: AdamW betas; beta2 = 0.95 as the paper recommends for stability.
         eps: AdamW epsilon.
         warmup_steps: linear warmup steps.
@@ -86,6 +91,7 @@ class SigLIPModule(L.LightningModule):
         learn_logit_scale: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
+        weight_decay_mask: Literal["kernels", "matrices"] = "kernels",
         betas: Tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         warmup_steps: int = 100,
@@ -100,6 +106,7 @@ class SigLIPModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_micro_batch_size(micro_batch_size)
+        decayed_names(nn.Module(), weight_decay_mask)  # refuse an unknown mask now, not at the first step
         # Python-built towers/loss are left out of hparams so checkpoints stay weights_only-loadable.
         self.save_hyperparameters(ignore=module_hparams_to_ignore(image_tower=image_tower, text_tower=text_tower,
                                                                   loss=loss))
@@ -113,6 +120,19 @@ class SigLIPModule(L.LightningModule):
         self._last_step_end: Optional[float] = None  # samples/s: when the current interval began
         self._samples_since = 0  # and how many samples (all ranks) it has seen
         self._grads_zeroed = False
+
+    # --- t', b and norms stay float32 under bf16-true / 16-true (model/precision.py) ----------------
+    def to(self, *args: Any, **kwargs: Any) -> "SigLIPModule":
+        with keep_float32(self):
+            return super().to(*args, **kwargs)
+
+    def half(self) -> "SigLIPModule":
+        with keep_float32(self):
+            return super().half()
+
+    def bfloat16(self) -> "SigLIPModule":
+        with keep_float32(self):
+            return super().bfloat16()
 
     def setup(self, stage: str) -> None:
         check_towers_match_data(self, getattr(self.trainer, "datamodule", None))
@@ -163,7 +183,8 @@ class SigLIPModule(L.LightningModule):
             loss, step_loss = cached_gradient_loss(self, batch["image"], batch["text"], micro)
         else:
             loss = step_loss = self.compute_loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        # Under a global loss each rank returns its share; their mean over ranks is the global loss.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self._trainer is not None and self.trainer.world_size > 1)
         if self._writes_logs_this_step():
             # Each self.log costs ~1.5 ms on a small CPU model (Lightning re-walks its results): t, b
             # and lr are logged only on the steps the logger writes (log_every_n_steps).

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Set, Tuple
 
 import torch
 from torch import nn
@@ -24,15 +24,46 @@ def is_dtensor(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
+#: Which parameters weight decay applies to (``model.weight_decay_mask``).
+#: ``kernels``: big_vision's ``.*/kernel$`` as the paper trained: the weights of dense (Linear),
+#: convolution and attention projections only. Position embeddings, the MAP probe, token
+#: embeddings, class tokens, biases, norms, t' and b are not decayed.
+#: ``matrices``: open_clip's rule: every tensor with two or more dimensions except t' (so position
+#: embeddings, the probe and token embeddings are decayed too); biases and norms are not.
+WEIGHT_DECAY_MASKS = ("kernels", "matrices")
+
+
+def kernel_names(module: nn.Module) -> Set[str]:
+    """Names of the kernels of ``module``: Linear / conv weights and attention input projections."""
+    names = set()
+    for prefix, sub in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            names.add(f"{dot}weight")
+        elif isinstance(sub, nn.MultiheadAttention) and sub.in_proj_weight is not None:
+            names.add(f"{dot}in_proj_weight")
+    return names
+
+
+def decayed_names(module: nn.Module, mask: str) -> Set[str]:
+    """The parameters ``mask`` (one of ``WEIGHT_DECAY_MASKS``) applies weight decay to."""
+    if mask == "kernels":
+        return kernel_names(module)
+    if mask == "matrices":
+        return {n for n, p in module.named_parameters() if p.ndim >= 2 and not n.startswith("logit_")}
+    raise ValueError(f"model.weight_decay_mask must be one of {WEIGHT_DECAY_MASKS}, got {mask!r}")
+
+
 def parameter_groups(module: nn.Module) -> List[dict]:
-    """AdamW groups of a SigLIPModule: decay on matrices only; the image tower may get its own lr scale."""
+    """AdamW groups of a SigLIPModule: decay on the mask's parameters; the image tower may get its own lr scale."""
     hparams = module.hparams
+    decayed = decayed_names(module, hparams.get("weight_decay_mask", "matrices"))
     groups: Dict[Tuple[bool, float], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         image = name.startswith("image_tower.")
-        decay = param.ndim >= 2 and not name.startswith("logit_")
+        decay = name in decayed
         decay = decay and (hparams.get("image_tower_weight_decay", True) or not image)
         scale = hparams.image_tower_lr_scale if image else 1.0
         groups.setdefault((decay, scale), []).append(param)

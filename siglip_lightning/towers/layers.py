@@ -3,7 +3,7 @@ bottlenecked token embedding (mSigLIP)."""
 from __future__ import annotations
 
 import torch
-from open_clip.transformer import LayerNorm, Transformer
+from open_clip.transformer import LayerNormFp32, Transformer
 from torch import nn
 
 from siglip_lightning.towers.attention import FusedMultiheadAttention
@@ -31,7 +31,7 @@ class MAPHead(nn.Module):
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
         self.attention = FusedMultiheadAttention(width, heads, batch_first=True)
-        self.norm = LayerNorm(width, eps=norm_eps)
+        self.norm = LayerNormFp32(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
 

@@ -77,7 +77,7 @@ def check_one(rank, world, loss, reference, sizes, d, seed, with_bias=True, scal
 
 
 def chunked_matches_formula(rank: int, world: int) -> None:
-    from siglip_lightning.losses import ChunkedSigmoidLoss
+    from siglip_lightning.losses import ChunkedSigmoidLoss, SigmoidLoss
 
     cases = [  # (per-rank sizes, d, bidirectional, tile, with_bias)
         ([1] * world, 3, True, None, True),
@@ -89,8 +89,9 @@ def chunked_matches_formula(rank: int, world: int) -> None:
         ([2, 5, 1, 3][:world], 5, False, 2, True),
     ]
     for i, (sizes, d, bidir, tile, with_bias) in enumerate(cases):
-        check_one(rank, world, ChunkedSigmoidLoss(bidirectional=bidir, tile=tile), sigmoid_reference,
-                  sizes, d, seed=100 * world + i, with_bias=with_bias)
+        # the family a config names (global by default), and its old alias
+        for loss in (SigmoidLoss(bidirectional=bidir, tile=tile), ChunkedSigmoidLoss(bidirectional=bidir, tile=tile)):
+            check_one(rank, world, loss, sigmoid_reference, sizes, d, seed=100 * world + i, with_bias=with_bias)
     # A loss multiplied by the same factor on every rank (gradient accumulation, AMP scaling).
     check_one(rank, world, ChunkedSigmoidLoss(), sigmoid_reference, [3] * world, 4, seed=7, scale=2.5)
 
@@ -154,10 +155,11 @@ def transformers_siglip_loss(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, 
 def softmax_matches_formula(rank: int, world: int) -> None:
     from open_clip.loss import ClipLoss
 
-    from siglip_lightning.losses import ChunkedSoftmaxLoss, DistributedSoftmaxLoss
+    from siglip_lightning.losses import ChunkedSoftmaxLoss, DistributedSoftmaxLoss, SoftmaxLoss
 
     for i, sizes in enumerate([[1] * world, [4] * world, [3, 1, 4, 2][:world]]):
-        for loss in (DistributedSoftmaxLoss(), ChunkedSoftmaxLoss(), ChunkedSoftmaxLoss(bidirectional=False)):
+        for loss in (SoftmaxLoss(), SoftmaxLoss(ring=True), SoftmaxLoss(ring=True, bidirectional=True),
+                     DistributedSoftmaxLoss(), ChunkedSoftmaxLoss()):
             check_one(rank, world, loss, softmax_reference, sizes, 6, seed=500 + i, with_bias=False)
     if world > 1:  # open_clip's local-loss CLIP with gathered gradients gives the same per-rank value
         sizes = [5] * world
@@ -195,3 +197,30 @@ def bad_inputs_raise_everywhere(rank: int, world: int) -> None:
             loss(torch.randn(n, 8), torch.randn(n, 8), t, b)
     # The group still works after the errors.
     check_one(rank, world, ChunkedSigmoidLoss(), sigmoid_reference, [2] * world, 4, seed=11)
+
+
+def local_negatives_score_each_rank_alone(rank: int, world: int) -> None:
+    """local_negatives=True: each rank's own b x b block, the formula on that rank's pairs alone."""
+    import logging
+
+    from siglip_lightning.losses import SigmoidLoss, SoftmaxLoss
+
+    sizes = [4, 3, 5, 2][:world]
+    x, y, t, b = global_batch(sizes, 6, seed=77)
+    mine = rows_of(rank, sizes)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("siglip_lightning.losses")
+    logger.disabled = False  # an earlier test's logging.config call may have disabled existing loggers
+    logger.addHandler(handler)
+    for loss, reference, bias in ((SigmoidLoss(local_negatives=True), sigmoid_reference, b),
+                                  (SoftmaxLoss(local_negatives=True), softmax_reference, None)):
+        px, py, pt = leaf(x[mine]), leaf(y[mine]), leaf(t)
+        pb = None if bias is None else leaf(bias)
+        for _ in range(2):
+            ours = loss(px, py, pt, pb)
+        args = (px.detach(), py.detach(), t) if bias is None else (px.detach(), py.detach(), t, b)
+        torch.testing.assert_close(ours, reference(*args))
+    if world > 1:  # said once per loss, on every rank
+        assert len(records) == 2 and "local_negatives=True" in records[0].getMessage(), records

@@ -41,3 +41,8 @@ def test_without_process_group_falls_back_to_the_local_loss():
     torch.testing.assert_close(ChunkedSoftmaxLoss()(x, y, t), SoftmaxLoss()(x, y, t))
     with pytest.raises(ValueError, match="same number of rows"):
         ChunkedSigmoidLoss()(x, y[:3], t, b)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_local_negatives_only_when_asked(world):
+    run_in_group(world, checks.local_negatives_score_each_rank_alone)
