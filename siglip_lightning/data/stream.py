@@ -8,6 +8,7 @@ Random choices (caption from a list, augmentation) are seeded by the position to
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import os
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
+from siglip_lightning.data.captions import CaptionFields
 from siglip_lightning.data.shards import Slot, plan_slot
 from siglip_lightning.data.sources import iter_shard
 from siglip_lightning.errors import UserInputError
@@ -141,7 +143,8 @@ class PairStream(IterableDataset):
     Args:
         source: a ``datasets.IterableDataset`` (all shards of one split).
         image_column: column holding the images.
-        text_column: column holding the captions (a string or a list of strings).
+        text_column: column holding the captions (a string or a list of strings), or
+            :class:`~siglip_lightning.data.captions.CaptionFields` (json fields, several with odds).
         image_transform: PIL image -> tensor; may take ``rng=`` for augmentation.
         tokenizer: list of captions -> ``[n, L]`` ids.
         seed: base seed of shard order, shuffle buffer, caption choice and augmentation.
@@ -179,6 +182,7 @@ class PairStream(IterableDataset):
         self.source = source
         self.image_column = image_column
         self.text_column = text_column
+        self.captions = text_column if isinstance(text_column, CaptionFields) else CaptionFields(text_column)
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.seed = seed
@@ -193,24 +197,35 @@ class PairStream(IterableDataset):
         self.epoch = 0
         self.start_positions: Dict[int, int] = {}
         self.worker_offset = 0
+        self.exclude: frozenset = frozenset()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0) -> None:
+    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0, exclude: frozenset = frozenset()) -> None:
         """Start each (logical) worker after ``positions[worker]`` samples of its order; loader worker
-        i plays logical worker ``(i + worker_offset) % num_workers`` so batches keep their round-robin order."""
+        i plays logical worker ``(i + worker_offset) % num_workers`` so batches keep their round-robin order.
+        ``exclude``: keys of examples already read in this epoch under another layout (elastic resume)."""
         self.start_positions = {int(k): int(v) for k, v in positions.items()}
         self.worker_offset = worker_offset
+        self.exclude = frozenset(exclude)
 
     # --- the raw order ------------------------------------------------------------------------------
     def slot(self, worker: int, num_workers: int) -> Slot:
         return plan_slot(self.source.num_shards, self.rank, self.world_size, worker, num_workers,
                          self.seed, self.epoch, shuffle=self.shuffle_buffer > 0)
 
-    def raw_examples(self, worker: int, num_workers: int) -> Iterator[Dict[str, Any]]:
-        """This worker's raw (undecoded) examples in their final order, shuffle buffer included."""
+    def with_layout(self, rank: int, world_size: int) -> "PairStream":
+        """A copy that reads as ``rank`` of ``world_size`` (to replay another layout's order)."""
+        other = copy.copy(self)
+        other.rank, other.world_size = rank, world_size
+        return other
+
+    def raw_examples(self, worker: int, num_workers: int) -> Iterator[Tuple[tuple, Dict[str, Any]]]:
+        """``(key, raw example)`` of this worker in their final order, shuffle buffer included; the key
+        ``(shard, index in shard)`` names the example whatever the layout. Keys in ``exclude`` are left out."""
         slot = self.slot(worker, num_workers)
+        exclude = self.exclude
 
         def in_file_order():
             for shard in slot.shards:
@@ -222,23 +237,32 @@ class PairStream(IterableDataset):
                             if (r % k == k - 1) != heldout:
                                 continue
                         j, kept = kept, kept + 1
-                        if slot.keeps(j):
-                            yield example
+                        if slot.keeps(j) and (shard, r) not in exclude:
+                            yield (shard, r), example
+                except UserInputError:  # e.g. a remote shard that failed every retry: never skipped silently
+                    raise
                 except Exception as err:  # a corrupt or truncated file: keep what was read, go on
                     warnings.warn(f"skipping the rest of data shard {shard}: {type(err).__name__}: {err}")
-                    yield _UNREADABLE
+                    yield (shard, -1), _UNREADABLE
 
         if self.shuffle_buffer <= 0:
             return in_file_order()
         rng = random.Random(hash((self.seed, self.epoch, self.rank, worker, 1)))
         return shuffled(in_file_order(), self.shuffle_buffer, rng)
 
+    def read_retries(self) -> int:
+        """Retries of remote reads made by this process so far."""
+        return getattr(self.source, "retries", 0)
+
+    def decode(self, key: tuple, example: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
+        return self.make_sample(example, rng)
+
     # --- decoding -----------------------------------------------------------------------------------
     def make_sample(self, example: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
         """Model inputs from one raw example, or :class:`BadSample`."""
         if example.get("__shard_unreadable__"):
             raise BadSample("shard_unreadable")
-        caption = check_caption(example.get(self.text_column), rng)
+        caption = check_caption(self.captions.value(example, rng), rng)
         raw = example.get(self.image_column)
         if is_embedding(raw):  # a precomputed image embedding (SigLiT cache): nothing to decode
             sample = {"image": torch.as_tensor(raw, dtype=torch.float32), "text": self.tokenizer([caption])[0]}
@@ -265,13 +289,14 @@ class PairStream(IterableDataset):
         skipped: Counter = Counter()  # since the last yielded sample
         totals: Counter = Counter()  # this pass, for the error message
         seen = bad = 0
-        for position, example in enumerate(self.raw_examples(worker, num_workers)):
+        retries = self.read_retries()
+        for position, (key, example) in enumerate(self.raw_examples(worker, num_workers)):
             if position < start:  # resume: replay the order without decoding
                 continue
             rng = random.Random(hash((self.seed, self.epoch, self.rank, worker, position)))
             seen += 1
             try:
-                sample = self.make_sample(example, rng)
+                sample = self.decode(key, example, rng)
             except BadSample as skip:
                 skipped[skip.reason] += 1
                 totals[skip.reason] += 1
@@ -283,6 +308,8 @@ class PairStream(IterableDataset):
                 continue
             sample["skipped"] = dict(skipped)
             sample["_pos"] = (worker, position + 1)
+            now = self.read_retries()
+            sample["read_retries"], retries = now - retries, now
             skipped.clear()
             yield sample
         if seen >= 8 and bad == seen:
@@ -305,6 +332,8 @@ def collate_pairs(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         "text": torch.stack([s["text"] for s in samples]),
         "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
     }
+    if "read_retries" in samples[0]:
+        batch["read_retries"] = sum(s["read_retries"] for s in samples)
     if "id" in samples[0]:
         ids = [s["id"] for s in samples]
         batch["id"] = torch.tensor(ids) if all(isinstance(i, int) for i in ids) else ids
