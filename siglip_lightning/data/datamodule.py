@@ -195,8 +195,8 @@ class ImageTextDataModule(L.LightningDataModule):
         columns = column_names(splits["train"])
         image_column = pick_column(columns, spec.image_column, IMAGE_COLUMNS, "image", "data.image_column")
         captions = resolve_caption_fields(columns, spec.text_column, TEXT_COLUMNS)
-        if spec.id_column is not None:
-            pick_column(columns, spec.id_column, (), "id", "data.id_column")
+        if spec.id_column is not None and spec.id_column.split(".", 1)[0] not in columns:
+            pick_column(columns, spec.id_column, (), "id", "data.id_column")  # the error naming the columns
         return image_column, captions, spec.id_column or next((c for c in ID_COLUMNS if c in columns), None)
 
     def _open(self, index: int = 0):

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 import datasets
 
+from siglip_lightning.data.karpathy import is_karpathy, karpathy_splits
 from siglip_lightning.data.remote import RemoteShards, expand_shards, has_pattern, is_remote
 from siglip_lightning.errors import UserInputError
 
@@ -40,6 +41,8 @@ def open_splits(path: str, storage_options: Optional[dict] = None, read_retries:
         return {"train": RemoteShards(expand_shards(path, storage_options), read_retries, retry_backoff,
                                       storage_options)}
     expanded = os.path.expanduser(path)
+    if is_karpathy(expanded):
+        return karpathy_splits(expanded)
     try:
         if os.path.isdir(expanded):
             loaded = datasets.load_dataset(expanded, streaming=True)

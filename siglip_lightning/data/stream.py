@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from siglip_lightning.data.captions import CaptionFields
+from siglip_lightning.data.captions import CaptionFields, lookup
 from siglip_lightning.data.shards import Slot, plan_slot
 from siglip_lightning.data.sources import iter_shard
 from siglip_lightning.errors import UserInputError
@@ -267,7 +267,7 @@ class PairStream(IterableDataset):
         if is_embedding(raw):  # a precomputed image embedding (SigLiT cache): nothing to decode
             sample = {"image": torch.as_tensor(raw, dtype=torch.float32), "text": self.tokenizer([caption])[0]}
             if self.id_column is not None:
-                sample["id"] = example.get(self.id_column)
+                sample["id"] = lookup(example, self.id_column)
             return sample
         size = getattr(self.image_transform, "image_size", 0)
         image = load_checked(example.get(self.image_column), size, self.min_image_side, self.max_image_pixels,
@@ -278,7 +278,7 @@ class PairStream(IterableDataset):
             raise BadSample("image_unconvertible") from None
         sample = {"image": pixels, "text": self.tokenizer([caption])[0]}
         if self.id_column is not None:
-            sample["id"] = example.get(self.id_column)
+            sample["id"] = lookup(example, self.id_column)
         return sample
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
