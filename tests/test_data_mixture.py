@@ -14,7 +14,7 @@ from siglip_lightning.data.sources import open_splits
 from siglip_lightning.data.stream import PairStream
 from siglip_lightning.errors import UserInputError
 from tests.conftest import run_cli, tiny_fit_args
-from tests.data_factory import pairs, read_ids, write_parquet, write_webdataset
+from tests.data_factory import pairs, read_ids, write_parquet
 
 WEIGHTS = [0.6, 0.3, 0.1]
 

@@ -12,7 +12,7 @@ img2dataset shards carry the caption in ``.txt`` or inside the ``.json`` sidecar
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Iterable, List, Mapping, Optional, Union
 
 from siglip_lightning.errors import UserInputError
 

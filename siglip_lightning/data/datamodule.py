@@ -6,20 +6,18 @@ import itertools
 import json
 import os
 from pathlib import Path
-import random
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import datasets
 import lightning as L
 import torch.distributed as dist
 
-from siglip_lightning.data.captions import resolve_caption_fields
 from siglip_lightning.data.loader import StreamLoader
-from siglip_lightning.data.mixture import MixedStream, SourceSpec, check_weights
-from siglip_lightning.data.resume import StreamProgress
-from siglip_lightning.data.sources import (
-    ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, column_names, open_splits, pick_column,
+from siglip_lightning.data.mixture import (
+    MixedStream, SourceSpec, check_weights, resolve_columns, sample_captions, source_specs,
 )
+from siglip_lightning.data.resume import StreamProgress
+from siglip_lightning.data.sources import open_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
 from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
@@ -107,16 +105,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.path = path
         self.builtin_spec = builtin if isinstance(builtin, ShapesSpec) else ShapesSpec(**builtin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_data_root()
-        if sources:
-            if path != BUILTIN:
-                raise UserInputError("set data.path or data.sources, not both")
-            self.specs = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in sources]
-            check_weights([s.weight for s in self.specs])
-        else:
-            self.specs = [SourceSpec(path, 1.0, image_column, text_column, id_column)]
-        for spec in self.specs:
-            if spec.path != BUILTIN:
-                self._check_local_path(spec.path)
+        self.specs = source_specs(path, sources, image_column, text_column, id_column, BUILTIN)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment)
         self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False)
         if not 0.0 <= val_fraction <= 0.5:
@@ -127,12 +116,6 @@ class ImageTextDataModule(L.LightningDataModule):
         self._splits: Dict[int, Any] = {}
         self.progress = StreamProgress()
         self.read_retries = 0  # of remote reads on this rank, as reported by the batches
-
-    @staticmethod
-    def _check_local_path(path: str) -> None:
-        expanded = Path(path).expanduser()
-        if str(path).startswith((".", "/", "~")) and not any(c in path for c in "*?[{:") and not expanded.exists():
-            raise UserInputError(f"data path not found: {path!r} (data.path)")
 
     # --- where things live -------------------------------------------------------------------
     @property
@@ -164,18 +147,10 @@ class ImageTextDataModule(L.LightningDataModule):
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
             weights = check_weights([s.weight for s in self.specs])
             captions = itertools.chain.from_iterable(
-                self._captions(i, max(1, round(w * self.hparams.tokenizer_train_samples)))
+                sample_captions(self._open(i)["train"], self.specs[i], round(w * self.hparams.tokenizer_train_samples))
                 for i, w in enumerate(weights))
             flat = (c for cap in captions for c in (cap if isinstance(cap, (list, tuple)) else [cap]))
             train_sentencepiece((c for c in flat if isinstance(c, str)), model_file, self.hparams.vocab_size)
-
-    def _captions(self, index: int, count: int):
-        """Up to ``count`` caption values of source ``index`` (its caption columns only: no image bytes)."""
-        train = self._open(index)["train"]
-        fields = resolve_caption_fields(column_names(train), self.specs[index].text_column, TEXT_COLUMNS)
-        rng = random.Random(0)
-        for example in itertools.islice(train.select_columns(fields.columns()), count):
-            yield fields.value(example, rng)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
@@ -183,21 +158,9 @@ class ImageTextDataModule(L.LightningDataModule):
                 self.tokenizer = ClipTokenizer(self.hparams.context_length)
             else:
                 self.tokenizer = SentencePieceTokenizer(self._tokenizer_file(), self.hparams.context_length)
-        self.columns = [self._columns(i) for i in range(len(self.specs))]
+        self.columns = [resolve_columns(self._open(i), spec) for i, spec in enumerate(self.specs)]
         self.image_column, captions, self.id_column = self.columns[0]
         self.text_column = captions.spec if isinstance(captions.spec, str) else captions
-
-    def _columns(self, index: int):
-        """(image column, caption fields, id column) of source ``index``."""
-        spec, splits = self.specs[index], self._open(index)
-        if "train" not in splits:
-            raise UserInputError(f"no train split in {spec.path!r}: found {sorted(splits)}")
-        columns = column_names(splits["train"])
-        image_column = pick_column(columns, spec.image_column, IMAGE_COLUMNS, "image", "data.image_column")
-        captions = resolve_caption_fields(columns, spec.text_column, TEXT_COLUMNS)
-        if spec.id_column is not None and spec.id_column.split(".", 1)[0] not in columns:
-            pick_column(columns, spec.id_column, (), "id", "data.id_column")  # the error naming the columns
-        return image_column, captions, spec.id_column or next((c for c in ID_COLUMNS if c in columns), None)
 
     def _open(self, index: int = 0):
         if index not in self._splits:

@@ -18,6 +18,12 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from pathlib import Path
+
+from siglip_lightning.data.captions import CaptionFields, resolve_caption_fields
+from siglip_lightning.data.sources import (
+    ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, column_names, pick_column,
+)
 from siglip_lightning.data.stream import PairStream
 from siglip_lightning.errors import UserInputError
 
@@ -40,6 +46,43 @@ class SourceSpec:
     image_column: Optional[str] = None
     text_column: Union[str, Dict[str, float], None] = None
     id_column: Optional[str] = None
+
+
+def source_specs(path: str, sources: Optional[List[Any]], image_column: Optional[str], text_column: Any,
+                 id_column: Optional[str], builtin: str) -> List[SourceSpec]:
+    """The sources of the datamodule: ``data.sources``, else the one ``data.path`` with its columns."""
+    if sources:
+        if path != builtin:
+            raise UserInputError("set data.path or data.sources, not both")
+        specs = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in sources]
+        check_weights([s.weight for s in specs])
+    else:
+        specs = [SourceSpec(path, 1.0, image_column, text_column, id_column)]
+    for spec in specs:
+        local = spec.path
+        if local.startswith((".", "/", "~")) and not any(c in local for c in "*?[{:") and not Path(local).expanduser().exists():
+            raise UserInputError(f"data path not found: {local!r} (data.path)")
+    return specs
+
+
+def resolve_columns(splits: Dict[str, Any], spec: SourceSpec) -> Tuple[str, CaptionFields, Optional[str]]:
+    """(image column, caption fields, id column) of a source, checked against its columns."""
+    if "train" not in splits:
+        raise UserInputError(f"no train split in {spec.path!r}: found {sorted(splits)}")
+    columns = column_names(splits["train"])
+    image_column = pick_column(columns, spec.image_column, IMAGE_COLUMNS, "image", "data.image_column")
+    captions = resolve_caption_fields(columns, spec.text_column, TEXT_COLUMNS)
+    if spec.id_column is not None and spec.id_column.split(".", 1)[0] not in columns:
+        pick_column(columns, spec.id_column, (), "id", "data.id_column")  # the error naming the columns
+    return image_column, captions, spec.id_column or next((c for c in ID_COLUMNS if c in columns), None)
+
+
+def sample_captions(train: Any, spec: SourceSpec, count: int) -> Iterator[Any]:
+    """Up to ``count`` caption values of a source (its caption columns only: no image bytes read)."""
+    fields = resolve_caption_fields(column_names(train), spec.text_column, TEXT_COLUMNS)
+    rng = random.Random(0)
+    for example in itertools.islice(train.select_columns(fields.columns()), max(1, count)):
+        yield fields.value(example, rng)
 
 
 def check_weights(weights: Sequence[float]) -> List[float]:
