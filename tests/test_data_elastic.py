@@ -162,3 +162,20 @@ def test_sigkill_and_resume_on_another_world_size_and_num_workers(tmp_path, befo
     seen = Counter(before_ids + after_ids)
     assert len(before_ids) == 2 * 4 * before[0]  # two steps of every rank were checkpointed
     assert sorted(seen) == list(range(48)) and set(seen.values()) == {1}, seen
+
+
+def test_changed_data_is_refused_and_old_checkpoints_load(uneven, tmp_path):
+    from siglip_lightning.errors import UserInputError
+
+    make = lambda rank, world: stream_of(uneven, rank, world, shuffle_buffer=5, seed=3)  # noqa: E731
+    _, state = run_layout(make, 1, 0, batches=2)
+    assert state["shards"] == [6]
+    other = write_parquet(tmp_path / "other", pairs(48), [24, 24])
+    with pytest.raises(UserInputError, match="shards per source"):
+        run_layout(lambda rank, world: stream_of(other, rank, world), 1, 0, batches=1, state=state)
+    # the format before generations: one layout, every rank's epoch and positions
+    old = {"stream": [{"epoch": 1, "positions": {"0": 6}, "last_worker": 0}], "world_size": 1, "num_workers": 1}
+    first, _ = run_layout(make, 1, 0, batches=2)
+    rest, _ = run_layout(make, 1, 0, batches=None, state=old)
+    full, _ = run_layout(make, 1, 0, batches=None)
+    assert first + rest == full

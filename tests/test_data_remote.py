@@ -3,6 +3,8 @@ server, directly and behind a proxy that drops every Nth transfer midway. A fit 
 same samples, in the same order, as from the local files, and log the retries it needed."""
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from siglip_lightning.data.remote import expand_shards
@@ -63,16 +65,21 @@ def test_http_shards_fit_like_local_ones(shards, local_ids, tmp_path, drop_every
     server = file_server(shards)
     proxy = FlakyProxy(f"127.0.0.1:{server.server_address[1]}", drop_every)
     try:
-        ids, stderr = fit_ids(tmp_path, f"{proxy.url}/{PATTERN}")
+        ids, stderr = fit_ids(tmp_path, f"{proxy.url}/{PATTERN}", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                              f"--trainer.logger.save_dir={tmp_path}")
     finally:
         proxy.shutdown()
         server.shutdown()
     assert ids == local_ids
     retries = stderr.count("data: retry")
+    logged = [float(r["data/read_retries"]) for r in csv.DictReader(next(tmp_path.rglob("metrics.csv")).open())
+              if r.get("data/read_retries")]
     if drop_every:
         assert proxy.dropped >= 1 and retries == proxy.dropped, (proxy.dropped, stderr[-2000:])
+        # the workers' retries reach the logger (those of the tokenizer pass at setup are only logged as lines)
+        assert 1 <= max(logged) <= retries
     else:
-        assert retries == 0
+        assert retries == 0 and not logged
 
 
 @pytest.mark.parametrize("drop_every", [None, 2])

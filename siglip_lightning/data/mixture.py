@@ -154,3 +154,6 @@ class MixedStream(PairStream):
 
     def read_retries(self) -> int:
         return sum(part.read_retries() for part in self.parts)
+
+    def shard_counts(self) -> list:
+        return [count for part in self.parts for count in part.shard_counts()]

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from siglip_lightning.errors import UserInputError
+
 VERSION = 2
 
 
@@ -55,6 +57,7 @@ class StreamProgress:
         self.history: List[Dict[str, Any]] = []  # earlier generations of the current epoch
         self.pending: Optional[Dict[str, Any]] = None  # loaded, applied at the next epoch start
         self.layout: Tuple[int, int] = (1, 1)
+        self.shards: Optional[List[int]] = None  # shards of each source, saved to catch changed data
 
     def record(self, worker: int, position: int) -> None:
         self.current["positions"][int(worker)] = int(position)
@@ -63,7 +66,12 @@ class StreamProgress:
     def start_epoch(self, epoch: int, stream, rank: int, world: int, workers: int):
         """``(positions, worker offset, excluded keys)`` the stream starts the pass of ``epoch`` from."""
         pending, self.pending = self.pending, None
-        self.layout = (world, workers)
+        self.layout, self.shards = (world, workers), list(stream.shard_counts())
+        if pending is not None and pending.get("shards") not in (None, self.shards):
+            raise UserInputError(
+                f"the checkpoint's data position was saved with {pending['shards']} shards per source, the data now "
+                f"has {self.shards}: the saved positions would point at other examples. Resume with the same "
+                "data (data.path / data.sources), or from a checkpoint taken at an epoch boundary")
         if pending is None or pending["epoch"] != epoch:
             self.current, self.history = _fresh(epoch), []
             return {}, 0, frozenset()
@@ -90,7 +98,7 @@ class StreamProgress:
             epoch, history, mine = epoch + 1, [], {"positions": {}, "last_worker": -1}
         world, workers = self.layout
         generation = {"world_size": world, "num_workers": workers, "ranks": gather(mine)}
-        return {"version": VERSION, "epoch": epoch, "generations": [*history, generation]}
+        return {"version": VERSION, "epoch": epoch, "shards": self.shards, "generations": [*history, generation]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != VERSION:
