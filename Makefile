@@ -32,7 +32,7 @@ test-all: $(STAMP)  ## every test
 	$(OFFLINE) $(PY) -m pytest -q
 
 # Paper reproductions (SigLiT at CPU scale, docs/RESULTS.md); QUICK=1 runs the smoke-sized variant.
-EXPERIMENT = $(OFFLINE) $(PY) -m siglip_lightning.experiments $(if $(QUICK),--quick,) --config
+EXPERIMENT = $(OFFLINE) $(VENV)/bin/siglip-lightning experiments $(if $(QUICK),--quick,) --config
 
 reproduce-batchsize-sweep: $(STAMP)  ## batch size x {sigmoid, softmax} sweep -> runs/batchsize_sweep*/ (QUICK=1: smoke)
 	$(EXPERIMENT) configs/experiments/batchsize_sweep.yaml

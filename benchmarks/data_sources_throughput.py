@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.data_throughput import timed, write_shards  # noqa: E402
 from siglip_lightning.data.datamodule import ImageTextDataModule  # noqa: E402
-from tests.remote_servers import FlakyProxy, S3Server, file_server  # noqa: E402
+from tests.helpers.remote_servers import FlakyProxy, S3Server, file_server  # noqa: E402
 
 
 def loader(args, cache: str, **data):

@@ -106,7 +106,7 @@ def quickstart_rates(workers: int, cache: str, steps: int = 20):
     import yaml
     from jsonargparse import ArgumentParser
 
-    from siglip_lightning.module import SigLIPModule
+    from siglip_lightning.model.module import SigLIPModule
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml").read_text())
     parser = ArgumentParser()

@@ -101,7 +101,7 @@ def main() -> None:
             line += (f"{dense['peak'] / gb:>8.2f}GB {dense['overhead'] / gb:>7.2f}GB {dense['seconds']:>6.1f} | "
                      f"{dense['overhead'] / max(chunked['overhead'], 1):.1f}x  recalls equal: {same}")
         print(line, flush=True)
-        print(f"        recalls (chunked): " + ", ".join(f"{k} {v:.3f}" for k, v in chunked["recalls"].items()))
+        print("        recalls (chunked): " + ", ".join(f"{k} {v:.3f}" for k, v in chunked["recalls"].items()))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def one_step(method: str, batch: int, micro: int, threads: int, repeats: int) ->
     """Runs in the child: a warm-up step, ``repeats`` timed steps, one step for the memory peak."""
     import torch
 
-    from siglip_lightning.gradcache import cached_gradient_loss
+    from siglip_lightning.model.gradcache import cached_gradient_loss
 
     torch.set_num_threads(threads)
     module = build()

@@ -119,7 +119,7 @@ def open_clip_setup(batch_size: int, workdir: Path):
     import open_clip
     from open_clip_train.params import parse_args
 
-    from siglip_lightning.export import export_module
+    from siglip_lightning.interop.export import export_module
     from siglip_lightning.interop.openclip import create_open_clip
 
     export_module(make_module(), "open_clip", workdir / "oc")

@@ -9,10 +9,10 @@ from siglip_lightning.losses import (
     SoftmaxLoss,
     TiledSigmoidLoss,
 )
-from siglip_lightning.module import SigLIPModule
-from siglip_lightning.locked import LockedTower
-from siglip_lightning.precomputed import PrecomputedImageTower
-from siglip_lightning.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
+from siglip_lightning.model.module import SigLIPModule
+from siglip_lightning.towers.locked import LockedTower
+from siglip_lightning.towers.precomputed import PrecomputedImageTower
+from siglip_lightning.towers.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
 from siglip_lightning.towers import TextTower, VisionTower
 
 __version__ = "0.1.0"

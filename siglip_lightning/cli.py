@@ -5,17 +5,16 @@ import importlib
 import os
 import sys
 import traceback
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.errors import TrainingAbortedError, UserInputError
-from siglip_lightning.fault import NonFiniteGuard, RNGStateCallback, install_atomic_io
-from siglip_lightning.fault.distributed import (StopPeersOnFailure, describe_distributed_failure,
+from siglip_lightning.checkpointing import NonFiniteGuard, RNGStateCallback, install_atomic_io
+from siglip_lightning.checkpointing.failures import (StopPeersOnFailure, describe_distributed_failure,
                                                 report_distributed_failure)
-from siglip_lightning.fault.validate import check_global_batch_size
-from siglip_lightning.module import SigLIPModule
+from siglip_lightning.model.module import SigLIPModule
 
 
 class SigLIPCLI(LightningCLI):
@@ -48,6 +47,34 @@ class SigLIPCLI(LightningCLI):
         check_global_batch_size(self.config["fit"].get("global_batch_size"), self.trainer, self.datamodule)
 
 
+def check_global_batch_size(global_batch_size: Optional[int], trainer: Any, datamodule: Any) -> None:
+    """``global_batch_size`` (when set) must equal per-device batch x devices x nodes x accumulation.
+
+    The per-device ``data.batch_size`` stays the one source of truth: ``global_batch_size`` is a
+    check that a config meant for a given global batch still gets it on this machine, never a
+    value that silently rewrites another one.
+    """
+    if global_batch_size is None:
+        return
+    if global_batch_size <= 0:
+        raise UserInputError(f"global_batch_size must be positive, got {global_batch_size}")
+    per_device = getattr(datamodule, "hparams", {}).get("batch_size") if datamodule is not None else None
+    if per_device is None:
+        return
+    devices, nodes, accumulate = trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
+    per_step = devices * nodes * accumulate
+    actual = per_device * per_step
+    if actual == global_batch_size:
+        return
+    hint = (f"set data.batch_size={global_batch_size // per_step}" if global_batch_size % per_step == 0 else
+            f"it is not a multiple of devices x num_nodes x accumulate_grad_batches = {per_step}: change "
+            "global_batch_size or trainer.devices / trainer.num_nodes / trainer.accumulate_grad_batches")
+    raise UserInputError(
+        f"global_batch_size={global_batch_size} but data.batch_size ({per_device}) x trainer.devices ({devices}) x "
+        f"trainer.num_nodes ({nodes}) x trainer.accumulate_grad_batches ({accumulate}) = {actual}: {hint}"
+    )
+
+
 def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
     """Run the CLI on ``args`` (``None``: ``sys.argv``) and return it (for tests and notebooks)."""
     # Tokenizers are used inside DataLoader workers: stop the HF fast-tokenizer fork warning noise.
@@ -55,18 +82,19 @@ def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
     return SigLIPCLI(args=args, **kwargs)
 
 
-# Subcommands outside LightningCLI's fit/validate/test/predict: name -> "module:function(argv)".
+# Subcommands outside LightningCLI's fit/validate/test/predict, one module each in commands/ with main(argv).
 EXTRA_COMMANDS = {
-    "export": "siglip_lightning.export:main",
-    "cache-embeddings": "siglip_lightning.precomputed:cache_main",
-    "train-tokenizer": "siglip_lightning.data.train_tokenizer:main",
+    "export": "siglip_lightning.commands.export",
+    "cache-embeddings": "siglip_lightning.commands.cache_embeddings",
+    "train-tokenizer": "siglip_lightning.commands.train_tokenizer",
+    "make-data": "siglip_lightning.commands.make_data",
+    "experiments": "siglip_lightning.commands.experiments",
 }
 
 
 def _extra_command(args: List[str]):
     if args and args[0] in EXTRA_COMMANDS:
-        module_name, func = EXTRA_COMMANDS[args[0]].split(":")
-        return getattr(importlib.import_module(module_name), func)
+        return importlib.import_module(EXTRA_COMMANDS[args[0]]).main
     return None
 
 

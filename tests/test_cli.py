@@ -90,7 +90,7 @@ def test_help_commands():
         assert key in fit.stdout
 
 
-# configs/experiments/ are grids for `python -m siglip_lightning.experiments` (tests/test_experiments.py).
+# configs/experiments/ are grids for `siglip-lightning experiments` (tests/experiments/test_experiments.py).
 CONFIGS = sorted(c for c in (REPO / "configs").rglob("*.yaml") if "experiments" not in c.relative_to(REPO / "configs").parts)
 # Partial configs parse on top of the run config they are meant to extend.
 ON_QUICKSTART = ("fragments", "strategies")

@@ -8,7 +8,7 @@ import torch
 
 from siglip_lightning import SigLIPModule, TextTower, VisionTower
 from siglip_lightning.cli import cli_main
-from siglip_lightning.init_weights import load_initial_weights
+from siglip_lightning.model.init_from import load_initial_weights
 from tests.conftest import REPO, tiny_fit_args
 
 CONFIGS = REPO / "configs"

@@ -17,11 +17,13 @@ from siglip_lightning.data.mixture import (
     MixedStream, SourceSpec, check_weights, resolve_columns, sample_captions, source_specs,
 )
 from siglip_lightning.data.resume import StreamProgress
-from siglip_lightning.data.sources import open_splits
+from siglip_lightning.data.sources import caption_strings, open_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
 from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.data.transforms import ImageTransform
+from siglip_lightning import _compat
+from siglip_lightning.ranks import is_distributed
 from siglip_lightning.errors import UserInputError
 
 BUILTIN = "builtin"
@@ -126,7 +128,7 @@ class ImageTextDataModule(L.LightningDataModule):
         path = self.specs[index].path
         return str(self.builtin_root / "pairs") if path == BUILTIN else path
 
-    def _tokenizer_file(self) -> Path:
+    def tokenizer_file(self) -> Path:
         if self.hparams.tokenizer_path:
             return Path(self.hparams.tokenizer_path).expanduser()
         where = [[self._resolved_path(i), s.text_column, s.weight] for i, s in enumerate(self.specs)]
@@ -141,7 +143,7 @@ class ImageTextDataModule(L.LightningDataModule):
         """Runs on one process per node: generate the built-in data, train the tokenizer."""
         if any(s.path == BUILTIN for s in self.specs):
             _ = self.builtin_root
-        model_file = self._tokenizer_file()
+        model_file = self.tokenizer_file()
         if self.hparams.tokenizer_type == "sentencepiece" and not model_file.exists():
             if self.hparams.tokenizer_path:
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
@@ -149,15 +151,15 @@ class ImageTextDataModule(L.LightningDataModule):
             captions = itertools.chain.from_iterable(
                 sample_captions(self._open(i)["train"], self.specs[i], round(w * self.hparams.tokenizer_train_samples))
                 for i, w in enumerate(weights))
-            flat = (c for cap in captions for c in (cap if isinstance(cap, (list, tuple)) else [cap]))
-            train_sentencepiece((c for c in flat if isinstance(c, str)), model_file, self.hparams.vocab_size)
+            strings = (c for c in caption_strings(captions) if isinstance(c, str))  # json fields may hold anything
+            train_sentencepiece(strings, model_file, self.hparams.vocab_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
             if self.hparams.tokenizer_type == "clip":
                 self.tokenizer = ClipTokenizer(self.hparams.context_length)
             else:
-                self.tokenizer = SentencePieceTokenizer(self._tokenizer_file(), self.hparams.context_length)
+                self.tokenizer = SentencePieceTokenizer(self.tokenizer_file(), self.hparams.context_length)
         self.columns = [resolve_columns(self._open(i), spec) for i, spec in enumerate(self.specs)]
         self.image_column, captions, self.id_column = self.columns[0]
         self.text_column = captions.spec if isinstance(captions.spec, str) else captions
@@ -174,6 +176,14 @@ class ImageTextDataModule(L.LightningDataModule):
                         splits[name] = splits[name].cast_column(column, datasets.Image(decode=False))
             self._splits[index] = splits
         return self._splits[index]
+
+    def raw_split_names(self) -> list:
+        """The splits of the dataset (opened, not decoded)."""
+        return sorted(self._open())
+
+    def raw_split(self, name: str):
+        """Split ``name`` as a streaming dataset of raw rows in stored order (images not decoded)."""
+        return self._open()[name]
 
     def _rank(self):
         if self.trainer is None:
@@ -263,14 +273,14 @@ class ImageTextDataModule(L.LightningDataModule):
         if trainer is None or not trainer.training:
             return False
         limit = trainer.num_training_batches
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        done = _compat.batches_started_this_epoch(trainer)
         return limit != float("inf") and done >= limit
 
     def state_dict(self) -> Dict[str, Any]:
         _, world = self._rank()
 
         def gather(mine):
-            if world > 1 and dist.is_available() and dist.is_initialized():
+            if world > 1 and is_distributed():
                 ranks = [None] * world
                 dist.all_gather_object(ranks, mine)  # every rank saves; rank 0's file needs all positions
                 return ranks

@@ -15,14 +15,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from siglip_lightning.ranks import collective_device, world_size
 from siglip_lightning.errors import UserInputError
 
 
 def _all_ranks_have(flag: bool) -> bool:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([1 if flag else 0], device=device)
+    value = torch.tensor([1 if flag else 0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
 

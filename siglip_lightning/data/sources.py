@@ -23,6 +23,12 @@ ID_COLUMNS = ("id", "__key__", "key", "uid", "sample_id")
 _BUILDER_BY_SUFFIX = {".parquet": "parquet", ".tar": "webdataset", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
+def caption_strings(values: Iterable) -> Iterator[str]:
+    """Every caption of a stream of caption-column values (a string, or a list of them)."""
+    for value in values:
+        yield from (value if isinstance(value, (list, tuple)) else [value])
+
+
 def _looks_local(path: str) -> bool:
     """A path or glob rather than a Hub name ("org/name")."""
     return (

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -25,22 +23,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 230),
-    "yellow": (235, 215, 40),
-    "purple": (140, 60, 190),
-    "orange": (245, 140, 30),
-    "white": (245, 245, 245),
-    "cyan": (40, 210, 220),
-    "pink": (245, 130, 190),
-    "brown": (130, 80, 40),
-}
-SHAPES = ["circle", "square", "triangle", "diamond", "cross", "hexagon", "star", "ring"]
-SIZES = {"small": 0.16, "large": 0.30}  # radius as a fraction of the image side
+from siglip_lightning.data.shapes_render import COLORS, SHAPES, SIZES, SceneObject, render_scene
+
 RELATIONS = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1), "below": (0, 1)}
 PLACES = {
     "in the middle": (0.5, 0.5),
@@ -110,64 +95,8 @@ class ShapesSpec:
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-@dataclass
-class _Object:
-    color: str
-    shape: str
-    size: str
-    cx: float  # centre, in [0, 1]
-    cy: float
-
-
-def _draw(draw: ImageDraw.ImageDraw, obj: _Object, side: int) -> None:
-    r = SIZES[obj.size] * side
-    cx, cy = obj.cx * side, obj.cy * side
-    fill = COLORS[obj.color]
-    box = [cx - r, cy - r, cx + r, cy + r]
-    if obj.shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif obj.shape == "square":
-        s = r * 0.85
-        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
-    elif obj.shape == "triangle":
-        draw.regular_polygon((cx, cy, r), 3, fill=fill)
-    elif obj.shape == "diamond":
-        draw.regular_polygon((cx, cy, r), 4, fill=fill)
-    elif obj.shape == "hexagon":
-        draw.regular_polygon((cx, cy, r), 6, fill=fill)
-    elif obj.shape == "cross":
-        w = r * 0.35
-        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
-        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
-    elif obj.shape == "star":
-        points = []
-        for k in range(10):
-            rad = r if k % 2 == 0 else r * 0.45
-            angle = -math.pi / 2 + k * math.pi / 5
-            points.append((cx + rad * math.cos(angle), cy + rad * math.sin(angle)))
-        draw.polygon(points, fill=fill)
-    elif obj.shape == "ring":
-        draw.ellipse(box, outline=fill, width=max(2, int(r * 0.4)))
-    else:  # pragma: no cover - SHAPES lists every kind drawn above
-        raise ValueError(obj.shape)
-
-
-def _render(objects: List[_Object], side: int, rng: np.random.Generator) -> bytes:
-    """Draw at 4x and downsample (anti-aliasing), on a random dark background; return PNG bytes."""
-    big = side * 4
-    background = tuple(int(v) for v in rng.integers(0, 70, size=3))
-    image = Image.new("RGB", (big, big), background)
-    draw = ImageDraw.Draw(image)
-    for obj in objects:
-        _draw(draw, obj, big)
-    image = image.resize((side, side), Image.Resampling.BOX)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def _random_object(spec: ShapesSpec, rng: np.random.Generator, cx: float, cy: float) -> _Object:
-    return _Object(
+def _random_object(spec: ShapesSpec, rng: np.random.Generator, cx: float, cy: float) -> SceneObject:
+    return SceneObject(
         color=spec.colors[rng.integers(spec.num_colors)],
         shape=spec.shapes[rng.integers(spec.num_shapes)],
         size=list(SIZES)[rng.integers(len(SIZES))],
@@ -176,11 +105,11 @@ def _random_object(spec: ShapesSpec, rng: np.random.Generator, cx: float, cy: fl
     )
 
 
-def _phrase(obj: _Object) -> str:
+def _phrase(obj: SceneObject) -> str:
     return f"a {obj.size} {obj.color} {obj.shape}"
 
 
-def _random_scene(spec: ShapesSpec, rng: np.random.Generator) -> Tuple[List[_Object], str]:
+def _random_scene(spec: ShapesSpec, rng: np.random.Generator) -> Tuple[List[SceneObject], str]:
     """Objects with non-overlapping positions, and the caption that describes them."""
     # Single objects have few distinct captions: draw them less often so that in-batch
     # duplicates (false negatives) stay rare.
@@ -222,7 +151,7 @@ def make_pair(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str]:
     split_id = SPLITS.index(split)
     rng = np.random.default_rng([spec.seed, split_id, index])
     objects, caption = _random_scene(spec, rng)
-    image = _render(objects, spec.image_size, rng)
+    image = render_scene(objects, spec.image_size, rng)
     if split == "train" and rng.random() < spec.caption_noise:
         caption = _corrupt(caption, spec, rng)
     return image, caption
@@ -234,8 +163,8 @@ def make_zeroshot_example(spec: ShapesSpec, index: int) -> Tuple[bytes, int]:
     rng = np.random.default_rng([spec.seed, 99, index])
     color, shape = spec.class_names[label].split(" ")
     size = list(SIZES)[rng.integers(len(SIZES))]
-    obj = _Object(color, shape, size, 0.5 + float(rng.uniform(-0.1, 0.1)), 0.5 + float(rng.uniform(-0.1, 0.1)))
-    return _render([obj], spec.image_size, rng), label
+    obj = SceneObject(color, shape, size, 0.5 + float(rng.uniform(-0.1, 0.1)), 0.5 + float(rng.uniform(-0.1, 0.1)))
+    return render_scene([obj], spec.image_size, rng), label
 
 
 def _write_parquet(rows: dict, features, path: Path) -> None:
@@ -322,20 +251,3 @@ def ensure_shapes_dataset(spec: ShapesSpec, root: Optional[os.PathLike] = None) 
     """The folder of the built-in dataset for ``spec``, generating it on first use."""
     root = Path(root) if root is not None else default_data_root() / "builtin"
     return write_shapes_dataset(spec, root / f"shapes-{spec.fingerprint()}")
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    """``python -m siglip_lightning.data.synthetic --out DIR [--num_train N ...]``"""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", required=True, help="folder to write")
-    for field in dataclasses.fields(ShapesSpec):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    print(write_shapes_dataset(ShapesSpec(**args), out))
-
-
-if __name__ == "__main__":
-    main()

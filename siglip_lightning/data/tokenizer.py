@@ -9,6 +9,7 @@ from typing import Iterable, List, Sequence, Union
 import sentencepiece as spm
 import torch
 
+from siglip_lightning.atomic_files import atomic_path
 from siglip_lightning.errors import UserInputError
 
 EOS_ID = 1  # pad = EOS, as in big_vision's SigLIP tokenizers
@@ -93,9 +94,8 @@ def train_sentencepiece(
         )
     except RuntimeError as err:
         raise UserInputError(f"could not train a SentencePiece tokenizer on the captions: {err}") from err
-    tmp = model_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(model_path)
+    with atomic_path(model_path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     return model_path
 
 

@@ -9,7 +9,8 @@ from lightning.pytorch import LightningModule, Trainer
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval.base import EvalCallback
 from siglip_lightning.eval.captions import CaptionSet, read_caption_set
-from siglip_lightning.eval.distributed import gather_rows, rank_and_world, sum_across_ranks
+from siglip_lightning.ranks import rank_and_world
+from siglip_lightning.eval.gather import gather_rows, sum_across_ranks
 from siglip_lightning.eval.loading import embed_owned_images, embed_owned_texts
 from siglip_lightning.eval.ranking import recall_counts
 

@@ -12,8 +12,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval.base import EvalCallback
+from siglip_lightning.ranks import rank_and_world
 from siglip_lightning.eval.class_order import check_class_order
-from siglip_lightning.eval.distributed import gather_rows, rank_and_world
+from siglip_lightning.eval.gather import gather_rows
 from siglip_lightning.eval.loading import embed_owned_images, embed_owned_texts, open_eval_split
 from siglip_lightning.eval.prompts import prompts, resolve_class_names, resolve_templates
 

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from siglip_lightning.atomic_files import atomic_path
 from siglip_lightning.data.synthetic import (
     ZEROSHOT_TEMPLATES, ShapesSpec, default_data_root, make_pair, make_zeroshot_example,
 )
 from siglip_lightning.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.losses import SigmoidLoss
-from siglip_lightning.module import SigLIPModule, warmup_cosine
+from siglip_lightning.model.module import SigLIPModule
+from siglip_lightning.model.optim import warmup_cosine
 from siglip_lightning.towers import TextTower, VisionTower
 
 
@@ -207,10 +209,8 @@ def ensure_siglit_data(setup: SiglitSetup, workers: int = 2, progress: bool = Tr
     path = siglit_cache_file(setup)
     if not path.exists():
         data = build_siglit_data(setup, workers, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(data, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
     return path
 
 
@@ -218,9 +218,5 @@ def load_siglit_data(path: os.PathLike) -> Dict[str, object]:
     return torch.load(path, weights_only=False)
 
 
-def chance_level(data: Dict[str, object]) -> float:
-    return 1.0 / len(data["class_names"])
-
-
 __all__ = ["SiglitSetup", "build_siglit_data", "ensure_siglit_data", "load_siglit_data", "make_text_tower",
-           "render_pairs", "chance_level"]
+           "render_pairs"]

@@ -27,7 +27,8 @@ from torch import nn
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.experiments.siglit import SiglitSetup, make_text_tower
 from siglip_lightning.losses import SigmoidLoss, SoftmaxLoss
-from siglip_lightning.module import SigLIPModule, warmup_cosine
+from siglip_lightning.model.module import SigLIPModule
+from siglip_lightning.model.optim import warmup_cosine
 
 LOSSES = {"sigmoid": SigmoidLoss, "softmax": SoftmaxLoss}
 CORRUPTIONS = ("none", "image", "text", "pairing", "all")

@@ -1,10 +1,15 @@
-"""Contrastive losses with one interface: ``loss(zimg, ztxt, logit_scale, logit_bias=None)``."""
+"""Contrastive losses with one interface: ``loss(zimg, ztxt, logit_scale, logit_bias=None)``.
+
+Two families, both global over all ranks by default: ``SigmoidLoss`` (SigLIP) and ``SoftmaxLoss``
+(CLIP). ``base.py`` owns validation and the shared prologue, ``formulas.py`` the maths. The machinery
+they pick at run time is internal: ``tiled.py`` and ``blockwise.py`` (tile-by-tile scoring with
+gradients computed in forward), ``ring.py`` / ``ring_sigmoid.py`` / ``ring_softmax.py`` (the exchange
+round the ranks), ``collectives.py`` (batch-size agreement, gather with gradients).
+"""
+from siglip_lightning.losses.aliases import ChunkedSigmoidLoss, ChunkedSoftmaxLoss, DistributedSoftmaxLoss, TiledSigmoidLoss
 from siglip_lightning.losses.base import ContrastiveLoss
-from siglip_lightning.losses.chunked import ChunkedSigmoidLoss
-from siglip_lightning.losses.chunked_softmax import ChunkedSoftmaxLoss
-from siglip_lightning.losses.sigmoid import SigmoidLoss, sigmoid_block_loss_and_grad, sigmoid_block_loss_sum
-from siglip_lightning.losses.softmax import DistributedSoftmaxLoss, SoftmaxLoss
-from siglip_lightning.losses.tiled import TiledSigmoidLoss
+from siglip_lightning.losses.sigmoid import SigmoidLoss
+from siglip_lightning.losses.softmax import SoftmaxLoss
 
 __all__ = [
     "ChunkedSigmoidLoss",
@@ -14,6 +19,4 @@ __all__ = [
     "SigmoidLoss",
     "SoftmaxLoss",
     "TiledSigmoidLoss",
-    "sigmoid_block_loss_and_grad",
-    "sigmoid_block_loss_sum",
 ]

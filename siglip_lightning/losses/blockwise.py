@@ -14,7 +14,9 @@ from typing import Optional
 
 import torch
 
-from siglip_lightning.losses.sigmoid import block_logits, block_loss_sum_from_logits
+from siglip_lightning import _compat
+
+from siglip_lightning.losses.formulas import block_logits, block_loss_sum_from_logits
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -45,8 +47,8 @@ def _tile_view(flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 def _tile_loss_and_grad(x, y, scale, bias, positives, logits_flat, scratch_flat):
     """Loss sum and dlogits of one tile, written into reused buffers (no allocation per tile).
 
-    Same operations as :func:`sigmoid_block_loss_and_grad` (t * x @ y.T + b, softplus, sigmoid),
-    but the matmul writes straight into ``logits_flat`` and softplus into ``scratch_flat``: with
+    The loss of a negative is softplus(l), of a positive softplus(l) - l, so dlogits = sigmoid(l)
+    minus 1 on the positives (t * x @ y.T + b, softplus, sigmoid), with the matmul writes straight into ``logits_flat`` and softplus into ``scratch_flat``: with
     many tiles the fresh ``tile x tile`` buffers (and their page faults) cost more than the
     elementwise work itself. ``scale`` and ``bias`` are Python floats so that the matmul applies
     them (alpha, and beta = 1 over a buffer filled with b) instead of two more passes over the tile.
@@ -57,7 +59,7 @@ def _tile_loss_and_grad(x, y, scale, bias, positives, logits_flat, scratch_flat)
     else:
         logits.fill_(bias).addmm_(x, y.T, alpha=scale)
     soft = _tile_view(scratch_flat, x.shape[0], y.shape[0])
-    torch._C._nn.softplus(logits, 1, 20, out=soft)  # F.softplus's defaults (beta 1, threshold 20)
+    _compat.softplus_into(logits, soft)
     loss = soft.sum()
     if positives is not None:
         loss = loss - torch.diagonal(logits, offset=positives).sum()

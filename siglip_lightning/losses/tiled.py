@@ -8,12 +8,8 @@ buffers, at the same number of flops as the dense loss's forward and backward.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import torch
 
-from siglip_lightning.losses.base import ContrastiveLoss
 from siglip_lightning.losses.blockwise import accumulator_dtype, sigmoid_block_accumulate
 
 
@@ -72,38 +68,3 @@ class TiledSigmoidFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         return (*scale_saved_gradients(ctx, grad_output), None)
-
-
-class TiledSigmoidLoss(ContrastiveLoss):
-    """The paper's sigmoid loss on this rank's batch, computed tile by tile (no ``n x n`` matrix).
-
-    Same value and gradients as ``SigmoidLoss``; use it when ``n x n`` logits do not fit (at
-    n = 32768 in float32 the dense loss needs several 4 GiB buffers; this needs the gradients plus
-    two ``tile x tile`` buffers). Init as in the paper (Table 4): t' = log 10, b = -10.
-
-    Args:
-        tile: side of the square tiles of the logits matrix walked one at a time; the working
-            memory is about two ``tile x tile`` buffers (2048: 32 MiB in float32).
-    """
-
-    init_logit_scale = math.log(10.0)
-    init_logit_bias = -10.0
-
-    def __init__(self, tile: int = 2048) -> None:
-        super().__init__()
-        if tile < 1:
-            raise ValueError(f"tile must be a positive number of rows, got {tile}")
-        self.tile = tile
-
-    def forward(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        self.check_features(image_features, text_features)
-        logit_scale = torch.as_tensor(logit_scale, device=image_features.device)
-        if logit_bias is not None:
-            logit_bias = torch.as_tensor(logit_bias, device=image_features.device)
-        return TiledSigmoidFunction.apply(image_features, text_features, logit_scale, logit_bias, self.tile)

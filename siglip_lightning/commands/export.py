@@ -1,0 +1,38 @@
+"""``siglip-lightning export``: a trained checkpoint as a Hugging Face or open_clip model folder.
+
+    siglip-lightning export --ckpt_path runs/x/checkpoints/last.ckpt --format hf --out exported/hf
+    siglip-lightning export --ckpt_path runs/x/checkpoints/last.ckpt --format open_clip --out exported/oc
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import List, Literal, Optional
+
+from jsonargparse import CLI
+
+from siglip_lightning.errors import UserInputError
+from siglip_lightning.interop.export import export_module, load_checkpoint, tokenizer_from_checkpoint
+
+
+def export(ckpt_path: str, format: Literal["hf", "open_clip"], out: str, tokenizer: Optional[str] = None) -> None:
+    """Export a SigLIPModule checkpoint to a Hugging Face ``SiglipModel`` folder or an open_clip model.
+
+    Args:
+        ckpt_path: Lightning checkpoint of a SigLIPModule.
+        format: ``hf`` (transformers ``SiglipModel``) or ``open_clip``.
+        out: output folder.
+        tokenizer: SentencePiece ``.model`` to ship (default: the one recorded by the run's datamodule).
+    """
+    module, checkpoint = load_checkpoint(ckpt_path)
+    tokenizer = tokenizer or tokenizer_from_checkpoint(checkpoint)
+    if tokenizer is None:
+        warnings.warn("no tokenizer found in the checkpoint's datamodule settings: exporting weights only")
+    elif not Path(tokenizer).is_file():
+        raise UserInputError(f"tokenizer model file not found: {tokenizer} (--tokenizer)")
+    written = export_module(module, format, out, tokenizer)
+    print(f"exported {format} model to {written}")
+
+
+def main(argv: List[str]) -> None:
+    CLI(export, args=argv, as_positional=False, prog="siglip-lightning export")

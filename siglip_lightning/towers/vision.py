@@ -1,0 +1,85 @@
+"""The ViT image tower, built from open_clip's transformer blocks.
+
+The layout follows SigLIP (big_vision) and Hugging Face's ``SiglipModel`` so that a trained model can
+be exported: a biased patch embedding, learned position embeddings, no class token unless token
+pooling asks for one, a final LayerNorm and a MAP (attention-pooling) head.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+from open_clip.transformer import LayerNorm, Transformer
+from torch import nn
+
+from siglip_lightning.towers.layers import GELUTanh, MAPHead, use_fused_attention
+
+
+class VisionTower(nn.Module):
+    """A ViT image tower of any size.
+
+    Args:
+        image_size: input resolution in pixels (square).
+        patch_size: patch side in pixels; ``image_size`` must be a multiple of it.
+        width: transformer width.
+        layers: number of transformer blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden size as a multiple of ``width``.
+        pool_type: ``map`` (SigLIP's attention pooling), ``tok`` (class token) or ``avg``.
+        output_dim: embedding size; ``None`` keeps ``width`` (no projection, as in SigLIP).
+        norm_eps: LayerNorm epsilon (1e-5 as torch; released SigLIP checkpoints use 1e-6).
+        grad_checkpointing: recompute block activations in backward (less memory, ~30% more compute).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 8,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        pool_type: str = "map",
+        output_dim: Optional[int] = None,
+        norm_eps: float = 1e-5,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if pool_type not in ("map", "tok", "avg"):
+            raise ValueError(f"pool_type must be 'map', 'tok' or 'avg', got {pool_type!r}")
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        self.image_size, self.patch_size, self.pool_type = image_size, patch_size, pool_type
+        self.grid_size = image_size // patch_size
+        self.width = width
+        self.output_dim = output_dim or width
+        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        num_tokens = self.grid_size**2 + (1 if pool_type == "tok" else 0)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, width)) if pool_type == "tok" else None
+        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5)
+        norm = partial(LayerNorm, eps=norm_eps)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=GELUTanh, norm_layer=norm)
+        self.transformer.grad_checkpointing = grad_checkpointing
+        use_fused_attention(self.transformer)
+        self.norm = norm(width)
+        self.head = MAPHead(width, heads, mlp_ratio, norm_eps) if pool_type == "map" else None
+        self.proj = nn.Linear(width, self.output_dim) if self.output_dim != width else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(
+                f"VisionTower expects {self.image_size}x{self.image_size} images, got "
+                f"{tuple(images.shape[-2:])}: set data.image_size to the tower's image_size"
+            )
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [b, grid^2, width]
+        if self.class_token is not None:
+            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.norm(self.transformer(x + self.pos_embed))
+        if self.pool_type == "map":
+            pooled = self.head(x)
+        elif self.pool_type == "tok":
+            pooled = x[:, 0]
+        else:
+            pooled = x.mean(dim=1)
+        return self.proj(pooled) if self.proj is not None else pooled

@@ -1,0 +1,66 @@
+"""_compat.py: its version range is the one pyproject pins, and every private access works here."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import torch
+import torch.nn.functional as F
+from packaging.version import Version
+
+from siglip_lightning import _compat
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tested_range_matches_pyproject_and_installed_version():
+    low, high = _compat.TESTED["lightning"]
+    pin = re.search(r'"lightning([^"]*)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert pin == f">={low},<{high}", pin
+    assert Version(low) <= Version(lightning.__version__) < Version(high)
+
+
+def test_softplus_into_equals_softplus():
+    x = torch.randn(37, 11, dtype=torch.float64) * 30  # both sides of the threshold 20
+    out = torch.empty_like(x)
+    _compat.softplus_into(x, out)
+    torch.testing.assert_close(out, F.softplus(x), rtol=0, atol=0)
+
+
+def test_foreach_norm_equals_norms():
+    tensors = [torch.randn(5, 3), torch.randn(7)]
+    for ours, ref in zip(_compat.foreach_norm(tensors), [t.norm() for t in tensors]):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_hard_exit_ends_the_process_with_the_code():
+    code = "from siglip_lightning import _compat; _compat.hard_exit(7); print('not reached')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 7 and "not reached" not in done.stdout
+
+
+def test_lightning_internals_in_a_fit():
+    """logs_this_step, batches_started_this_epoch, attached_trainer and cli_hyperparameters on a real fit."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    seen = []
+
+    class Probe(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((_compat.logs_this_step(trainer), _compat.batches_started_this_epoch(trainer),
+                         _compat.attached_trainer(pl_module) is trainer))
+
+    trainer = Trainer(max_steps=4, log_every_n_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[Probe()])
+    trainer.fit(BoringModel())
+    assert [s[1] for s in seen] == [1, 2, 3, 4]
+    assert [s[0] for s in seen] == [False, True, False, True]  # steps 2 and 4 (global_step 1 and 3) log
+    assert all(s[2] for s in seen)
+    assert _compat.attached_trainer(BoringModel()) is None
+    assert _compat.cli_hyperparameters() is None  # outside LightningCLI
+    assert not _compat.is_subprocess_launcher(trainer.strategy.launcher)
