@@ -6,17 +6,18 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import datasets
 import lightning as L
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_warn
 
 from siglip_lightning.data.loader import StreamLoader
-from siglip_lightning.data.sources import (
-    ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, caption_strings, column_names, open_splits, pick_column,
+from siglip_lightning.data.mixture import (
+    MixedStream, SourceSpec, check_weights, resolve_columns, sample_captions, source_specs,
 )
+from siglip_lightning.data.resume import StreamProgress
+from siglip_lightning.data.sources import caption_strings, open_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
 from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
@@ -33,9 +34,15 @@ class ImageTextDataModule(L.LightningDataModule):
 
     Args:
         path: ``builtin`` (generated shapes data), a local folder / file / glob (parquet,
-            imagefolder, webdataset ``.tar``, json, csv) or a Hugging Face Hub dataset name.
+            imagefolder, webdataset ``.tar``, json, csv), brace-expanded shards
+            (``train-{00000..00099}.tar``, several patterns joined by ``::``), remote shards
+            (``s3://``, ``gs://``, ``https://`` ``.tar`` / ``.parquet``), a Karpathy split json
+            (``dataset_coco.json``: train + restval) or a Hugging Face Hub dataset name.
+        sources: a weighted mixture instead of ``path``: a list of ``{path, weight, image_column,
+            text_column, id_column}`` (see docs/DATA.md).
         image_column: column holding images; by default the first of image, img, jpg, png, ...
-        text_column: column holding captions (a string or a list); by default text, caption, txt, ...
+        text_column: column holding captions (a string or a list); by default text, caption, txt, ...;
+            or a dotted path into a json column (``json.caption``), or ``{field: probability}``.
         batch_size: pairs per device per step.
         num_workers: DataLoader worker processes per device.
         image_size: side of the images fed to the model (must match the image tower).
@@ -60,13 +67,17 @@ class ImageTextDataModule(L.LightningDataModule):
             (at least 50) samples it has read: the columns are wrong or the data is broken.
         builtin: knobs of the generated dataset when ``path`` is ``builtin``.
         cache_dir: where generated data and trained tokenizers go (default ~/.cache/siglip-lightning).
+        storage_options: fsspec options for remote shards (endpoint, credentials, ...).
+        read_retries: failed reads in a row of one remote shard before the run stops.
+        retry_backoff: seconds before the first retry of a remote read (doubled at each further one).
     """
 
     def __init__(
         self,
         path: str = BUILTIN,
+        sources: Optional[List[SourceSpec]] = None,
         image_column: Optional[str] = None,
-        text_column: Optional[str] = None,
+        text_column: Union[str, Dict[str, float], None] = None,
         batch_size: int = 128,
         num_workers: int = 1,
         image_size: int = 32,
@@ -87,14 +98,16 @@ class ImageTextDataModule(L.LightningDataModule):
         max_skip_fraction: float = 0.5,
         builtin: ShapesSpec = ShapesSpec(),
         cache_dir: Optional[str] = None,
+        storage_options: Optional[Dict[str, Any]] = None,
+        read_retries: int = 5,
+        retry_backoff: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.path = path
         self.builtin_spec = builtin if isinstance(builtin, ShapesSpec) else ShapesSpec(**builtin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_data_root()
-        if path != BUILTIN:
-            self._check_local_path(path)
+        self.specs = source_specs(path, sources, image_column, text_column, id_column, BUILTIN)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment)
         self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False)
         if not 0.0 <= val_fraction <= 0.5:
@@ -102,47 +115,44 @@ class ImageTextDataModule(L.LightningDataModule):
         if tokenizer_type not in ("sentencepiece", "clip"):
             raise UserInputError(f"data.tokenizer_type must be 'sentencepiece' or 'clip', got {tokenizer_type!r}")
         self.tokenizer: Optional[Any] = None
-        self._splits = None
-        self._progress: Dict[str, Any] = {"epoch": -1, "positions": {}, "last_worker": -1}
-        self._pending: Optional[Dict[str, Any]] = None
-
-    @staticmethod
-    def _check_local_path(path: str) -> None:
-        expanded = Path(path).expanduser()
-        if str(path).startswith((".", "/", "~")) and not any(c in path for c in "*?[") and not expanded.exists():
-            raise UserInputError(f"data path not found: {path!r} (data.path)")
+        self._splits: Dict[int, Any] = {}
+        self.progress = StreamProgress()
+        self.read_retries = 0  # of remote reads on this rank, as reported by the batches
 
     # --- where things live -------------------------------------------------------------------
     @property
     def builtin_root(self) -> Path:
         return ensure_shapes_dataset(self.builtin_spec, self.cache_dir / "builtin")
 
-    def _resolved_path(self) -> str:
-        return str(self.builtin_root / "pairs") if self.path == BUILTIN else self.path
+    def _resolved_path(self, index: int = 0) -> str:
+        path = self.specs[index].path
+        return str(self.builtin_root / "pairs") if path == BUILTIN else path
 
     def tokenizer_file(self) -> Path:
         if self.hparams.tokenizer_path:
             return Path(self.hparams.tokenizer_path).expanduser()
-        key = json.dumps([self._resolved_path(), self.hparams.text_column, self.hparams.vocab_size,
-                          self.hparams.tokenizer_train_samples])
+        where = [[self._resolved_path(i), s.text_column, s.weight] for i, s in enumerate(self.specs)]
+        if len(self.specs) == 1:
+            where = [self._resolved_path(), self.specs[0].text_column]
+        key = json.dumps([*where, self.hparams.vocab_size, self.hparams.tokenizer_train_samples])
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         return self.cache_dir / "tokenizers" / f"spm-{self.hparams.vocab_size}-{digest}.model"
 
     # --- Lightning hooks ---------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Runs on one process per node: generate the built-in data, train the tokenizer."""
-        if self.path == BUILTIN:
+        if any(s.path == BUILTIN for s in self.specs):
             _ = self.builtin_root
         model_file = self.tokenizer_file()
         if self.hparams.tokenizer_type == "sentencepiece" and not model_file.exists():
             if self.hparams.tokenizer_path:
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
-            train = self._open()["train"]
-            text_column = pick_column(column_names(train), self.hparams.text_column, TEXT_COLUMNS,
-                                      "text", "data.text_column")
-            rows = itertools.islice(train.select_columns([text_column]), self.hparams.tokenizer_train_samples)
-            captions = (ex[text_column] for ex in rows)  # the text column only: no image bytes read into Python
-            train_sentencepiece(caption_strings(captions), model_file, self.hparams.vocab_size)
+            weights = check_weights([s.weight for s in self.specs])
+            captions = itertools.chain.from_iterable(
+                sample_captions(self._open(i)["train"], self.specs[i], round(w * self.hparams.tokenizer_train_samples))
+                for i, w in enumerate(weights))
+            strings = (c for c in caption_strings(captions) if isinstance(c, str))  # json fields may hold anything
+            train_sentencepiece(strings, model_file, self.hparams.vocab_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
@@ -150,29 +160,22 @@ class ImageTextDataModule(L.LightningDataModule):
                 self.tokenizer = ClipTokenizer(self.hparams.context_length)
             else:
                 self.tokenizer = SentencePieceTokenizer(self.tokenizer_file(), self.hparams.context_length)
-        splits = self._open()
-        if "train" not in splits:
-            raise UserInputError(f"no train split in {self.path!r}: found {sorted(splits)}")
-        columns = column_names(splits["train"])
-        self.image_column = pick_column(columns, self.hparams.image_column, IMAGE_COLUMNS, "image", "data.image_column")
-        self.text_column = pick_column(columns, self.hparams.text_column, TEXT_COLUMNS, "text", "data.text_column")
-        self.id_column = self.hparams.id_column
-        if self.id_column is not None:
-            pick_column(columns, self.id_column, (), "id", "data.id_column")
-        else:
-            self.id_column = next((c for c in ID_COLUMNS if c in columns), None)
+        self.columns = [resolve_columns(self._open(i), spec) for i, spec in enumerate(self.specs)]
+        self.image_column, captions, self.id_column = self.columns[0]
+        self.text_column = captions.spec if isinstance(captions.spec, str) else captions
 
-    def _open(self):
-        if self._splits is None:
-            splits = open_splits(self._resolved_path())
+    def _open(self, index: int = 0):
+        if index not in self._splits:
+            splits = open_splits(self._resolved_path(index), self.hparams.storage_options, self.hparams.read_retries,
+                                 self.hparams.retry_backoff)
             # Decode images ourselves, so that a bad file is a counted skip, not a crash.
             for name, stream in splits.items():
                 features = stream.features or {}
                 for column, feature in features.items():
                     if isinstance(feature, datasets.Image):
                         splits[name] = splits[name].cast_column(column, datasets.Image(decode=False))
-            self._splits = splits
-        return self._splits
+            self._splits[index] = splits
+        return self._splits[index]
 
     def raw_split_names(self) -> list:
         """The splits of the dataset (opened, not decoded)."""
@@ -193,34 +196,44 @@ class ImageTextDataModule(L.LightningDataModule):
         return max(2, round(1 / self.hparams.val_fraction)), not train
 
     def _stream(self, split: str, train: bool) -> PairStream:
+        if len(self.specs) == 1:
+            return self._part(split, train, 0)
         rank, world = self._rank()
+        parts = [self._part(split, train, i) for i in range(len(self.specs))]
+        return MixedStream(parts, [s.weight for s in self.specs], self.hparams.seed, rank, world,
+                           self.hparams.max_skip_fraction)
+
+    def _part(self, split: str, train: bool, index: int) -> PairStream:
+        rank, world = self._rank()
+        image_column, captions, id_column = self.columns[index]
         return PairStream(
-            self._open()[split], self.image_column, self.text_column,
+            self._open(index)[split], image_column, captions,
             self.image_transform if train else self.eval_transform, self.tokenizer, self.hparams.seed,
             shuffle_buffer=self.hparams.shuffle_buffer if train else 0, rank=rank, world_size=world,
-            holdout=self._holdout(train) if split == "train" else None, id_column=self.id_column,
+            holdout=self._holdout(train) if split == "train" else None, id_column=id_column,
             min_image_side=self.hparams.min_image_side, max_image_pixels=self.hparams.max_image_pixels,
-            max_skip_fraction=self.hparams.max_skip_fraction, image_root=self._image_root(),
+            max_skip_fraction=self.hparams.max_skip_fraction, image_root=self._image_root(index),
         )
 
-    def _image_root(self) -> Optional[str]:
+    def _image_root(self, index: int = 0) -> Optional[str]:
         """Where relative image paths of a local jsonl/csv point: the folder of the file(s)."""
-        local = os.path.expanduser(self._resolved_path())
+        local = os.path.expanduser(self._resolved_path(index))
         if os.path.isdir(local):
             return local
         parent = os.path.dirname(local)
         return parent if parent and not any(c in parent for c in "*?[") and os.path.isdir(parent) else None
 
     def _loader(self, split: str, train: bool) -> StreamLoader:
+        stream = self._stream(split, train)
         return StreamLoader(
-            self._stream(split, train),
+            stream,
             batch_size=self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_pairs,
             drop_last=train,
             persistent_workers=False,  # fresh workers each pass pick up the new epoch and resume point
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
-            start_fn=self._start_epoch if train else None,
+            start_fn=(lambda epoch: self._start_epoch(epoch, stream)) if train else None,
             require_batches=train,
         )
 
@@ -230,32 +243,28 @@ class ImageTextDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if self.hparams.val_fraction > 0:
             return self._loader("train", train=False)
+        if len(self.specs) > 1:
+            return []  # a mixture validates on its held-out examples only (data.val_fraction)
         for name in ("validation", "val", "test"):
             if name in self._open():
                 return self._loader(name, train=False)
         return []
 
-    # --- exact mid-epoch resume ------------------------------------------------------------------
-    # Each training batch carries (logical worker, samples of that worker's order consumed). The
-    # position is recorded when the batch reaches the model (not when the loader prefetches it),
-    # gathered from all ranks into the checkpoint, and replayed by the workers on resume.
+    # --- exact (and elastic) mid-epoch resume: siglip_lightning/data/resume.py -------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         stream = batch.pop("_stream", None) if isinstance(batch, dict) else None
+        retries = batch.pop("read_retries", 0) if isinstance(batch, dict) else 0
         if stream is not None and self.trainer is not None and self.trainer.training:
-            worker, position = stream
-            self._progress["positions"][int(worker)] = int(position)
-            self._progress["last_worker"] = int(worker)
+            self.progress.record(*stream)
+        if retries and self.trainer is not None:
+            self.read_retries += int(retries)
+            if self.trainer.logger is not None:
+                self.trainer.logger.log_metrics({"data/read_retries": self.read_retries}, step=self.trainer.global_step)
         return batch
 
-    def _start_epoch(self, epoch: int):
-        pending, self._pending = self._pending, None
-        if pending is not None and pending["epoch"] == epoch and pending["positions"]:
-            self._progress = {"epoch": epoch, "positions": dict(pending["positions"]),
-                              "last_worker": pending["last_worker"]}
-            workers = max(1, self.hparams.num_workers)
-            return dict(pending["positions"]), (pending["last_worker"] + 1) % workers
-        self._progress = {"epoch": epoch, "positions": {}, "last_worker": -1}
-        return {}, 0
+    def _start_epoch(self, epoch: int, stream: PairStream):
+        rank, world = self._rank()
+        return self.progress.start_epoch(epoch, stream, rank, world, max(1, self.hparams.num_workers))
 
     def _epoch_consumed(self) -> bool:
         """True when Lightning will end this epoch after the current batch (e.g. limit_train_batches),
@@ -268,35 +277,24 @@ class ImageTextDataModule(L.LightningDataModule):
         return limit != float("inf") and done >= limit
 
     def state_dict(self) -> Dict[str, Any]:
-        mine = {"epoch": self._progress["epoch"], "positions": dict(self._progress["positions"]),
-                "last_worker": self._progress["last_worker"]}
-        if self._epoch_consumed():
-            mine = {"epoch": self._progress["epoch"] + 1, "positions": {}, "last_worker": -1}
-        rank, world = self._rank()
-        ranks = [mine]
-        if world > 1 and is_distributed():
-            ranks = [None] * world
-            dist.all_gather_object(ranks, mine)  # every rank saves; rank 0's file needs all positions
-        return {"stream": ranks, "num_workers": max(1, self.hparams.num_workers), "world_size": world}
+        _, world = self._rank()
+
+        def gather(mine):
+            if world > 1 and is_distributed():
+                ranks = [None] * world
+                dist.all_gather_object(ranks, mine)  # every rank saves; rank 0's file needs all positions
+                return ranks
+            return [mine]
+
+        return self.progress.state_dict(self._epoch_consumed(), gather)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        rank, world = self._rank()
-        workers = max(1, self.hparams.num_workers)
-        if "stream" not in state:
-            return
-        if state.get("world_size") != world or state.get("num_workers") != workers:
-            rank_zero_warn(
-                f"the checkpoint's data position was saved with world_size={state.get('world_size')} and "
-                f"num_workers={state.get('num_workers')}, this run has {world} and {workers}: the interrupted "
-                "epoch restarts from its beginning instead of resuming exactly"
-            )
-            return
-        self._pending = state["stream"][rank]
+        self.progress.load_state_dict(state)
 
     # --- for evaluators ----------------------------------------------------------------------
     def builtin_zeroshot(self):
         """(parquet folder, class names, templates) of the built-in zero-shot set, or None."""
-        if self.path != BUILTIN:
+        if self.specs[0].path != BUILTIN:
             return None
         meta = json.loads((self.builtin_root / "zeroshot_classes.json").read_text())
         return str(self.builtin_root / "zeroshot"), meta["class_names"], meta["templates"]

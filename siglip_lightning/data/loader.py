@@ -32,8 +32,8 @@ class StreamLoader(DataLoader):
 
     Args:
         epoch_fn: returns the current epoch (the trainer's).
-        start_fn: called with the epoch at each new pass; returns ``(positions, worker_offset)`` to
-            resume from (empty positions: the start of the epoch).
+        start_fn: called with the epoch at each new pass; returns ``(positions, worker_offset)`` or
+            ``(positions, worker_offset, excluded keys)`` to resume from (empty: the start of the epoch).
         require_batches: raise when a pass (not resumed) yields no batch at all (so a dataset that
             is empty or all bad stops instead of spinning through empty epochs).
     """
@@ -47,10 +47,10 @@ class StreamLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         epoch = self.epoch_fn()
-        positions, offset = self.start_fn(epoch) if self.start_fn else ({}, 0)
-        self.dataset.set_epoch(epoch)
-        self.dataset.resume_from(positions, offset)
-        return self._synced(super().__iter__(), resumed=bool(positions))
+        self.dataset.set_epoch(epoch)  # first: an elastic resume replays this epoch's order in start_fn
+        plan = self.start_fn(epoch) if self.start_fn else ({}, 0)
+        self.dataset.resume_from(*plan)
+        return self._synced(super().__iter__(), resumed=bool(plan[0]) or bool(plan[2:] and plan[2]))
 
     def _synced(self, iterator, resumed: bool):
         count = 0

@@ -13,6 +13,8 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 import datasets
 
+from siglip_lightning.data.karpathy import is_karpathy, karpathy_splits
+from siglip_lightning.data.remote import RemoteShards, expand_shards, has_pattern, is_remote
 from siglip_lightning.errors import UserInputError
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "image_path", "file_name", "filename")
@@ -37,14 +39,21 @@ def _looks_local(path: str) -> bool:
     )
 
 
-def open_splits(path: str) -> Dict[str, datasets.IterableDataset]:
-    """All splits of ``path`` as streaming datasets, keyed by split name."""
+def open_splits(path: str, storage_options: Optional[dict] = None, read_retries: int = 5,
+                retry_backoff: float = 1.0) -> Dict[str, datasets.IterableDataset]:
+    """All splits of ``path`` as streaming datasets, keyed by split name (remote shards: one
+    ``train`` split of :class:`~siglip_lightning.data.remote.RemoteShards`)."""
+    if is_remote(path):
+        return {"train": RemoteShards(expand_shards(path, storage_options), read_retries, retry_backoff,
+                                      storage_options)}
     expanded = os.path.expanduser(path)
+    if is_karpathy(expanded):
+        return karpathy_splits(expanded)
     try:
         if os.path.isdir(expanded):
             loaded = datasets.load_dataset(expanded, streaming=True)
-        elif _looks_local(expanded):
-            files = sorted(glob.glob(expanded))
+        elif _looks_local(expanded) or has_pattern(expanded):
+            files = expand_shards(expanded) if has_pattern(expanded) else sorted(glob.glob(expanded))
             if not files:
                 raise UserInputError(f"data path not found: {path!r} (no file or folder matches it)")
             suffixes = {Path(f).suffix for f in files}
@@ -106,6 +115,9 @@ def iter_shard(stream: datasets.IterableDataset, index: int, chunk: int = 64) ->
     ``IterableDataset.iter`` is used rather than ``iter(stream)``: inside a DataLoader worker the
     latter re-splits the shards among workers by itself, and the sharding here is ours.
     """
+    if hasattr(stream, "iter_shard"):  # RemoteShards: its own reader, with retries
+        yield from stream.iter_shard(index)
+        return
     shard = stream.shard(num_shards=stream.num_shards, index=index, contiguous=True)
     for batch in shard.iter(batch_size=chunk):
         keys = list(batch)

@@ -8,114 +8,29 @@ Random choices (caption from a list, augmentation) are seeded by the position to
 """
 from __future__ import annotations
 
+import copy
 import inspect
-import io
-import os
 import random
 import warnings
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset
 
+from siglip_lightning.data.captions import CaptionFields, lookup
+from siglip_lightning.data.decode import (  # noqa: F401  (decode_image, open_image: re-exported for callers)
+    MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, SKIP_REASONS, BadSample, check_caption, decode_image, is_embedding,
+    load_checked, open_image,
+)
 from siglip_lightning.data.shards import Slot, plan_slot
 from siglip_lightning.data.sources import iter_shard
 from siglip_lightning.errors import UserInputError
 
-SKIP_REASONS = (
-    "image_missing", "image_undecodable", "image_too_small", "image_too_large", "image_unconvertible",
-    "caption_missing", "caption_empty", "shard_unreadable",
-)
-MIN_IMAGE_SIDE = 4
-MAX_IMAGE_PIXELS = 64_000_000  # larger images are skipped before decoding (memory, time)
 _GUARD_AFTER = 50  # examples a worker reads before the bad-fraction guard may stop the run
 
 
 _UNREADABLE = {"__shard_unreadable__": True}  # marks a shard that failed part-way, in the raw order
-
-
-class BadSample(Exception):
-    """A sample that cannot be used; ``reason`` is one of ``SKIP_REASONS``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def open_image(value: Any, root: Optional[str] = None) -> Image.Image:
-    """A lazily decoded PIL image from a column value: PIL, bytes, {'bytes', 'path'} or a path
-    (relative paths are taken from ``root``, the folder of a jsonl/csv file that lists them)."""
-    if isinstance(value, str) and root and not os.path.isabs(value):
-        value = os.path.join(root, value)
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return Image.open(io.BytesIO(value["bytes"]))
-    if isinstance(value, dict) and value.get("path"):
-        return Image.open(value["path"])
-    if isinstance(value, str):
-        return Image.open(value)
-    raise ValueError(f"no image in a value of type {type(value).__name__}")
-
-
-def decode_image(value: Any) -> Image.Image:
-    """A fully decoded PIL image (truncated files fail here rather than in the transform)."""
-    image = open_image(value)
-    image.load()
-    return image
-
-
-def is_embedding(value: Any) -> bool:
-    """A list/array of numbers (a cached embedding column), as opposed to image bytes or a path."""
-    if hasattr(value, "dtype") and hasattr(value, "shape"):
-        return len(value.shape) == 1
-    return isinstance(value, (list, tuple)) and len(value) > 0 and isinstance(value[0], (float, int))
-
-
-def pick_caption(value: Any, rng: random.Random) -> Optional[str]:
-    """One caption: a string as is; one of a list, drawn anew at each visit."""
-    if isinstance(value, (list, tuple)):
-        value = [v for v in value if isinstance(v, str) and v.strip()]
-        value = rng.choice(value) if value else None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    return value
-
-
-def check_caption(value: Any, rng: random.Random) -> str:
-    if value is None or (isinstance(value, (list, tuple)) and not value):
-        raise BadSample("caption_missing")
-    caption = pick_caption(value, rng)
-    if caption is None:
-        raise BadSample("caption_empty" if isinstance(value, (str, list, tuple)) else "caption_missing")
-    return caption
-
-
-def load_checked(value: Any, draft_size: int, min_side: int, max_pixels: int,
-                 root: Optional[str] = None) -> Image.Image:
-    """Open, check the size from the header, decode (JPEG at a reduced scale when larger than needed)."""
-    if value is None or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
-        raise BadSample("image_missing")
-    try:
-        image = open_image(value, root)
-    except Exception:  # any decoder error means the same here: unusable bytes
-        raise BadSample("image_undecodable") from None
-    width, height = image.size
-    if min(width, height) < min_side:
-        raise BadSample("image_too_small")
-    if width * height > max_pixels:
-        raise BadSample("image_too_large")
-    try:
-        if draft_size:
-            image.draft(None, (draft_size, draft_size))  # JPEG: decode at 1/2..1/8 scale, never below the target
-        image.load()
-    except Exception:
-        raise BadSample("image_undecodable") from None
-    return image
 
 
 def shuffled(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
@@ -141,7 +56,8 @@ class PairStream(IterableDataset):
     Args:
         source: a ``datasets.IterableDataset`` (all shards of one split).
         image_column: column holding the images.
-        text_column: column holding the captions (a string or a list of strings).
+        text_column: column holding the captions (a string or a list of strings), or
+            :class:`~siglip_lightning.data.captions.CaptionFields` (json fields, several with odds).
         image_transform: PIL image -> tensor; may take ``rng=`` for augmentation.
         tokenizer: list of captions -> ``[n, L]`` ids.
         seed: base seed of shard order, shuffle buffer, caption choice and augmentation.
@@ -179,6 +95,7 @@ class PairStream(IterableDataset):
         self.source = source
         self.image_column = image_column
         self.text_column = text_column
+        self.captions = text_column if isinstance(text_column, CaptionFields) else CaptionFields(text_column)
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.seed = seed
@@ -193,24 +110,35 @@ class PairStream(IterableDataset):
         self.epoch = 0
         self.start_positions: Dict[int, int] = {}
         self.worker_offset = 0
+        self.exclude: frozenset = frozenset()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0) -> None:
+    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0, exclude: frozenset = frozenset()) -> None:
         """Start each (logical) worker after ``positions[worker]`` samples of its order; loader worker
-        i plays logical worker ``(i + worker_offset) % num_workers`` so batches keep their round-robin order."""
+        i plays logical worker ``(i + worker_offset) % num_workers`` so batches keep their round-robin order.
+        ``exclude``: keys of examples already read in this epoch under another layout (elastic resume)."""
         self.start_positions = {int(k): int(v) for k, v in positions.items()}
         self.worker_offset = worker_offset
+        self.exclude = frozenset(exclude)
 
     # --- the raw order ------------------------------------------------------------------------------
     def slot(self, worker: int, num_workers: int) -> Slot:
         return plan_slot(self.source.num_shards, self.rank, self.world_size, worker, num_workers,
                          self.seed, self.epoch, shuffle=self.shuffle_buffer > 0)
 
-    def raw_examples(self, worker: int, num_workers: int) -> Iterator[Dict[str, Any]]:
-        """This worker's raw (undecoded) examples in their final order, shuffle buffer included."""
+    def with_layout(self, rank: int, world_size: int) -> "PairStream":
+        """A copy that reads as ``rank`` of ``world_size`` (to replay another layout's order)."""
+        other = copy.copy(self)
+        other.rank, other.world_size = rank, world_size
+        return other
+
+    def raw_examples(self, worker: int, num_workers: int) -> Iterator[Tuple[tuple, Dict[str, Any]]]:
+        """``(key, raw example)`` of this worker in their final order, shuffle buffer included; the key
+        ``(shard, index in shard)`` names the example whatever the layout. Keys in ``exclude`` are left out."""
         slot = self.slot(worker, num_workers)
+        exclude = self.exclude
 
         def in_file_order():
             for shard in slot.shards:
@@ -222,28 +150,41 @@ class PairStream(IterableDataset):
                             if (r % k == k - 1) != heldout:
                                 continue
                         j, kept = kept, kept + 1
-                        if slot.keeps(j):
-                            yield example
+                        if slot.keeps(j) and (shard, r) not in exclude:
+                            yield (shard, r), example
+                except UserInputError:  # e.g. a remote shard that failed every retry: never skipped silently
+                    raise
                 except Exception as err:  # a corrupt or truncated file: keep what was read, go on
                     warnings.warn(f"skipping the rest of data shard {shard}: {type(err).__name__}: {err}")
-                    yield _UNREADABLE
+                    yield (shard, -1), _UNREADABLE
 
         if self.shuffle_buffer <= 0:
             return in_file_order()
         rng = random.Random(hash((self.seed, self.epoch, self.rank, worker, 1)))
         return shuffled(in_file_order(), self.shuffle_buffer, rng)
 
+    def shard_counts(self) -> list:
+        """Shards of each source: a checkpoint's positions mean nothing if these changed."""
+        return [self.source.num_shards]
+
+    def read_retries(self) -> int:
+        """Retries of remote reads made by this process so far."""
+        return getattr(self.source, "retries", 0)
+
+    def decode(self, key: tuple, example: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
+        return self.make_sample(example, rng)
+
     # --- decoding -----------------------------------------------------------------------------------
     def make_sample(self, example: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
         """Model inputs from one raw example, or :class:`BadSample`."""
         if example.get("__shard_unreadable__"):
             raise BadSample("shard_unreadable")
-        caption = check_caption(example.get(self.text_column), rng)
+        caption = check_caption(self.captions.value(example, rng), rng)
         raw = example.get(self.image_column)
         if is_embedding(raw):  # a precomputed image embedding (SigLiT cache): nothing to decode
             sample = {"image": torch.as_tensor(raw, dtype=torch.float32), "text": self.tokenizer([caption])[0]}
             if self.id_column is not None:
-                sample["id"] = example.get(self.id_column)
+                sample["id"] = lookup(example, self.id_column)
             return sample
         size = getattr(self.image_transform, "image_size", 0)
         image = load_checked(example.get(self.image_column), size, self.min_image_side, self.max_image_pixels,
@@ -254,7 +195,7 @@ class PairStream(IterableDataset):
             raise BadSample("image_unconvertible") from None
         sample = {"image": pixels, "text": self.tokenizer([caption])[0]}
         if self.id_column is not None:
-            sample["id"] = example.get(self.id_column)
+            sample["id"] = lookup(example, self.id_column)
         return sample
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -265,13 +206,14 @@ class PairStream(IterableDataset):
         skipped: Counter = Counter()  # since the last yielded sample
         totals: Counter = Counter()  # this pass, for the error message
         seen = bad = 0
-        for position, example in enumerate(self.raw_examples(worker, num_workers)):
+        retries = self.read_retries()
+        for position, (key, example) in enumerate(self.raw_examples(worker, num_workers)):
             if position < start:  # resume: replay the order without decoding
                 continue
             rng = random.Random(hash((self.seed, self.epoch, self.rank, worker, position)))
             seen += 1
             try:
-                sample = self.make_sample(example, rng)
+                sample = self.decode(key, example, rng)
             except BadSample as skip:
                 skipped[skip.reason] += 1
                 totals[skip.reason] += 1
@@ -283,6 +225,8 @@ class PairStream(IterableDataset):
                 continue
             sample["skipped"] = dict(skipped)
             sample["_pos"] = (worker, position + 1)
+            now = self.read_retries()
+            sample["read_retries"], retries = now - retries, now
             skipped.clear()
             yield sample
         if seen >= 8 and bad == seen:
@@ -305,6 +249,8 @@ def collate_pairs(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         "text": torch.stack([s["text"] for s in samples]),
         "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
     }
+    if "read_retries" in samples[0]:
+        batch["read_retries"] = sum(s["read_retries"] for s in samples)
     if "id" in samples[0]:
         ids = [s["id"] for s in samples]
         batch["id"] = torch.tensor(ids) if all(isinstance(i, int) for i in ids) else ids

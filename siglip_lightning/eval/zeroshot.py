@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval.base import EvalCallback
 from siglip_lightning.ranks import rank_and_world
+from siglip_lightning.eval.class_order import check_class_order
 from siglip_lightning.eval.gather import gather_rows
 from siglip_lightning.eval.loading import embed_owned_images, embed_owned_texts, open_eval_split
 from siglip_lightning.eval.prompts import prompts, resolve_class_names, resolve_templates
@@ -87,6 +88,8 @@ class ZeroShotClassification(EvalCallback):
         num_workers: DataLoader workers decoding images.
         every_n_steps: also evaluate every this many training steps (``None``: only at validation).
         at_validation: evaluate at the end of each validation loop (fit and ``validate``).
+        check_class_order: stop when ``class_names`` look like a reordering of the data set's own
+            label names (``ClassLabel`` / imagefolder folders): the scores would be wrong.
     """
 
     prefix = "zeroshot"
@@ -95,7 +98,8 @@ class ZeroShotClassification(EvalCallback):
                  class_names: Union[str, List[str], None] = None, templates: Union[str, List[str], None] = None,
                  image_column: str = "image", label_column: str = "label", split: Optional[str] = None,
                  batch_size: int = 256, max_images: Optional[int] = None, num_workers: int = 0,
-                 every_n_steps: Optional[int] = None, at_validation: bool = True) -> None:
+                 every_n_steps: Optional[int] = None, at_validation: bool = True,
+                 check_class_order: bool = True) -> None:
         super().__init__(name, every_n_steps, at_validation)
         self.path, self.split = path, split
         # Resolve the short names now, so that a typo fails when the config is read.
@@ -103,6 +107,7 @@ class ZeroShotClassification(EvalCallback):
         self.templates = resolve_templates(templates) if templates is not None else None
         self.image_column, self.label_column = image_column, label_column
         self.batch_size, self.max_images, self.num_workers = batch_size, max_images, num_workers
+        self.check_class_order = check_class_order
 
     def _where(self) -> str:
         return f"ZeroShotClassification {self.name!r}"
@@ -131,6 +136,8 @@ class ZeroShotClassification(EvalCallback):
         elif isinstance(label_feature, datasets.ClassLabel) and label_feature.num_classes != len(class_names):
             raise UserInputError(f"{self._where()}: {len(class_names)} class_names given but {path!r} has "
                                  f"{label_feature.num_classes} classes")
+        elif isinstance(label_feature, datasets.ClassLabel) and self.check_class_order:
+            check_class_order(class_names, label_feature.names, self._where())
         if isinstance(features.get(self.image_column), datasets.Image):
             stream = stream.cast_column(self.image_column, datasets.Image(decode=False))
         return stream, list(class_names), resolve_templates(templates)
