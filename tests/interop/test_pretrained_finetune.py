@@ -89,8 +89,14 @@ def test_hf_folder_load_finetune_export(hf_folder, tmp_path):
         ours_img, ours_txt = module(pixels, ids[:4])
         out = peer(pixel_values=pixels, input_ids=ids[:4])
     assert (ours_img - out.image_embeds).abs().max() < TOL and (ours_txt - out.text_embeds).abs().max() < TOL
+    start = {k: v.detach().clone() for k, v in module.state_dict().items()}
     # 20 steps of fine-tuning, then export back to a folder that transformers loads, processor included
     exported = _fit_and_export(cli, tmp_path / "export")
+    # WiSE-FT at alpha 0 rebuilds exactly the step-0 weights from the run's record (--pretrained towers, t', b)
+    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
+    main(["wise-ft", "--finetuned", str(ckpt), "--alpha", "0", "--out", str(tmp_path / "wise0.ckpt")])
+    rebuilt = torch.load(tmp_path / "wise0.ckpt", weights_only=True)["state_dict"]
+    assert set(rebuilt) == set(start) and all(torch.equal(rebuilt[k], start[k]) for k in start)
     module = cli.model.eval()
     model = AutoModel.from_pretrained(exported).eval()
     reloaded = AutoProcessor.from_pretrained(exported)
