@@ -101,7 +101,8 @@ def with_pretrained_defaults(args: List[str]) -> List[str]:
     path = _pretrained_path(args)
     if path is None:
         return args
-    where = next((i + 1 for i, a in enumerate(args) if a in SUBCOMMANDS), 0)
+    # right after the subcommand (the first bare word that is not an option's value), so everything given wins
+    where = next((i + 1 for i, a in enumerate(args) if a in SUBCOMMANDS and (i == 0 or not args[i - 1].startswith("-"))), 0)
     derived = [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
                for key, value in pretrained_settings(path).items()]
     return args[:where] + derived + args[where:]

@@ -162,6 +162,18 @@ def test_explicit_settings_win_over_pretrained(hf_folder, tmp_path, capsys):
     assert printed["data"]["tokenizer_type"] == "hf" and printed["data"]["image_resize_backend"] == "torchvision"
 
 
+def test_pretrained_as_a_config_file_key(hf_folder, tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"pretrained: {hf_folder}\ndata:\n  context_length: 12\n")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *CONFIGS, "--config", str(config), "--print_config"])
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["text_tower"]["init_args"]["path"] == str(hf_folder)
+    assert printed["data"]["context_length"] == 12 and printed["data"]["tokenizer_type"] == "hf"
+
+
 def test_preprocessor_config_json_layout_is_read_too(hf_folder, tmp_path):
     """Folders saved before transformers 5 (all released SigLIPs) keep the image settings in preprocessor_config.json."""
     import shutil

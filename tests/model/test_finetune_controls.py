@@ -113,3 +113,13 @@ def test_wise_ft_command_from_an_init_from_run(tmp_path):
     report = (tmp_path / "grid" / "wise_ft.csv").read_text().splitlines()
     assert report[0].startswith("alpha,") and "zeroshot/builtin/top1" in report[0] and len(report) == 3
     assert (tmp_path / "grid" / "wise_ft.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # the full built-in data set, 4 fits and 3 wise-ft grids: ~10 min on 2 cores
+def test_forgetting_experiment_quick(tmp_path):
+    from siglip_lightning.experiments.forgetting import main as forgetting
+
+    forgetting(["--out", str(tmp_path), "--quick"])
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0] == "seed,variant,alpha,zeroshot_A,zeroshot_B" and len(rows) == 1 + 5 + 1 + 1
+    assert (tmp_path / "plot.png").stat().st_size > 0 and "WiSE-FT" in (tmp_path / "table.md").read_text()
