@@ -45,8 +45,8 @@ class ImageTextDataModule(L.LightningDataModule):
         image_std: per-channel std.
         augment: random crop and flip on training images.
         image_resample: ``bilinear`` or ``bicubic`` (a released checkpoint's processor says which).
-        image_resize_backend: ``pil`` (fast), ``pil_exact`` (as open_clip) or ``torchvision`` (as
-            transformers 5 image processors): see ``ImageTransform``.
+        image_resize_backend: ``pil`` (fast), ``pil_exact`` (as transformers 4), ``open_clip`` or
+            ``torchvision`` (as transformers 5 image processors): see ``ImageTransform``.
         context_length: tokens per caption (must match the text tower).
         tokenizer_type: ``sentencepiece`` (SigLIP's), ``clip`` (open_clip's CLIP BPE, 49408 tokens),
             ``hf`` (the tokenizer of the Hugging Face folder ``tokenizer_path``) or ``open_clip`` (that of
@@ -81,7 +81,7 @@ class ImageTextDataModule(L.LightningDataModule):
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = False,
         image_resample: Literal["bilinear", "bicubic"] = "bilinear",
-        image_resize_backend: Literal["pil", "pil_exact", "torchvision"] = "pil",
+        image_resize_backend: Literal["pil", "pil_exact", "open_clip", "torchvision"] = "pil",
         context_length: int = 16,
         tokenizer_type: Literal["sentencepiece", "clip", "hf", "open_clip"] = "sentencepiece",
         tokenizer_path: Optional[str] = None,

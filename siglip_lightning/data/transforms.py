@@ -22,9 +22,10 @@ class ImageTransform:
         augment: random horizontal flip and a mild random resized crop (training only).
         resample: ``bilinear`` (SigLIP's) or ``bicubic`` (open_clip's SigLIP configs).
         resize_backend: ``pil`` (PIL with a fast box pre-shrink of large images: quick, not bit-exact
-            with any library), ``pil_exact`` (plain PIL resize: what open_clip's torchvision transforms
-            do on PIL images) or ``torchvision`` (antialiased resize of the uint8 tensor: what
-            transformers 5 image processors do). Pick the one of the checkpoint being fine-tuned.
+            with any library), ``pil_exact`` (plain PIL resize: transformers 4 image processors),
+            ``open_clip`` (open_clip's transforms: plain PIL resize in the image's own mode, then RGB,
+            alpha dropped) or ``torchvision`` (antialiased resize of the uint8 tensor: transformers 5
+            image processors). Pick the one of the checkpoint being fine-tuned.
     """
 
     def __init__(
@@ -34,9 +35,9 @@ class ImageTransform:
         std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = False,
         resample: Literal["bilinear", "bicubic"] = "bilinear",
-        resize_backend: Literal["pil", "pil_exact", "torchvision"] = "pil",
+        resize_backend: Literal["pil", "pil_exact", "open_clip", "torchvision"] = "pil",
     ) -> None:
-        if resample not in RESAMPLE or resize_backend not in ("pil", "pil_exact", "torchvision"):
+        if resample not in RESAMPLE or resize_backend not in ("pil", "pil_exact", "open_clip", "torchvision"):
             raise ValueError(f"unknown resample {resample!r} or resize_backend {resize_backend!r}")
         self.resample, self.resize_backend = resample, resize_backend
         self.image_size = image_size
@@ -56,7 +57,7 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, rng: Optional[random.Random] = None) -> torch.Tensor:
         """``rng`` drives augmentation (the data stream seeds it per sample, for exact resume)."""
-        if image.mode != "RGB":
+        if image.mode != "RGB" and self.resize_backend != "open_clip":
             image = to_rgb(image)
         rng = rng or random
         box = self._crop_box(image.size, rng) if self.augment else None
@@ -67,6 +68,8 @@ class ImageTransform:
             gap = 3.0 if self.resize_backend == "pil" else None
             image = image.resize((self.image_size, self.image_size), RESAMPLE[self.resample], box=box,
                                  reducing_gap=gap)
+            if image.mode != "RGB":  # open_clip: converted after the resize
+                image = image.convert("RGB")
             # copy: np.asarray of PIL is read-only
             tensor = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         if self.augment and rng.random() < 0.5:

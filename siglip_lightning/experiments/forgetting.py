@@ -96,8 +96,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/forgetting")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pretrain_steps", type=int, default=500)
-    parser.add_argument("--finetune_steps", type=int, default=200)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--pretrain_steps", type=int, default=400)
+    parser.add_argument("--finetune_steps", type=int, default=150)
     parser.add_argument("--finetune_lr", type=float, default=3e-4)
     parser.add_argument("--quick", action="store_true", help="one seed, 30 + 20 steps (smoke)")
     args = parser.parse_args(argv)
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
     evals = eval_config(out, paths, templates)
     common = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(evals),
               f"--data.tokenizer_path={paths['tokenizer']}", "--trainer.enable_progress_bar=false",
-              "--trainer.limit_val_batches=2", "--data.num_workers=0"]
+              "--trainer.limit_val_batches=2", "--data.num_workers=0", f"--data.batch_size={args.batch_size}"]
     results = out / "results.csv"
     done = {(r["seed"], r["variant"], r["alpha"]) for r in csv.DictReader(open(results))} if results.exists() else set()
     for seed in args.seeds:

@@ -47,6 +47,15 @@ def hf_processor_settings(folder: Path) -> dict:
 PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
+def _pil_image_processor(settings: dict) -> bool:
+    """Whether the installed transformers resizes this folder's images with PIL (4.x; 5.x's "...Pil"
+    classes) rather than with an antialiased torchvision resize (5.x's default ``SiglipImageProcessor``)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return major < 5 or str(settings.get("image_processor_type", "")).endswith("Pil")
+
+
 def hf_image_settings(folder: Path) -> Settings:
     """data.* keys reproducing a SigLIP image processor: square resize, x/255, (x - mean) / std."""
     p = hf_processor_settings(folder)
@@ -65,8 +74,7 @@ def hf_image_settings(folder: Path) -> Settings:
     normalize = p.get("do_normalize", True)
     mean = p.get("image_mean", [0.5] * 3) if normalize else [0.0] * 3
     std = p.get("image_std", [0.5] * 3) if normalize else [1.0] * 3
-    # transformers 5 loads "SiglipImageProcessor" with its torchvision backend, "...Pil" with PIL
-    backend = "pil_exact" if str(p.get("image_processor_type", "")).endswith("Pil") else "torchvision"
+    backend = "pil_exact" if _pil_image_processor(p) else "torchvision"
     return {"data.image_size": int(height), "data.image_mean": [float(x) for x in mean],
             "data.image_std": [float(x) for x in std], "data.image_resample": resample,
             "data.image_resize_backend": backend}
@@ -126,7 +134,7 @@ def open_clip_settings(folder: Path, config: dict) -> Settings:
         "data.context_length": int((model_cfg.get("text_cfg") or {}).get("context_length", 77)),
         "data.image_size": int(size), "data.image_mean": [float(x) for x in pre.get("mean", OPEN_CLIP_MEAN)],
         "data.image_std": [float(x) for x in pre.get("std", OPEN_CLIP_STD)], "data.image_resample": interpolation,
-        "data.image_resize_backend": "pil_exact",
+        "data.image_resize_backend": "open_clip",
     }
 
 

@@ -32,8 +32,9 @@ def _images():
     rng = np.random.default_rng(0)
     pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
                 [(16, 16), (37, 23), (200, 311), (9, 64)]]
-    pictures.append(Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), "RGBA").convert("RGB"))
-    pictures.append(Image.fromarray(rng.integers(0, 256, (50, 50), dtype=np.uint8), "L").convert("RGB"))
+    pictures.append(Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), "RGBA"))  # on white, as both
+    pictures.append(Image.fromarray(rng.integers(0, 256, (50, 50), dtype=np.uint8), "L"))
+    pictures.append(Image.fromarray(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)).convert("P"))
     return pictures
 
 
