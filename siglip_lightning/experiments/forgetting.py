@@ -101,7 +101,15 @@ def main(argv=None) -> None:
     parser.add_argument("--finetune_steps", type=int, default=150)
     parser.add_argument("--finetune_lr", type=float, default=3e-4)
     parser.add_argument("--quick", action="store_true", help="one seed, 30 + 20 steps (smoke)")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="only report: the results.csv of these --out folders (e.g. one per seed, run in parallel)")
     args = parser.parse_args(argv)
+    if args.merge:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        lines = [Path(folder, "results.csv").read_text().splitlines() for folder in args.merge]
+        (out / "results.csv").write_text("\n".join([lines[0][0]] + [r for part in lines for r in part[1:]]) + "\n")
+        return report(out)
     if args.quick:
         args.seeds, args.pretrain_steps, args.finetune_steps = [0], 30, 20
     out = Path(args.out).resolve()
