@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Nothing here needs the network beyond pip: keep Hugging Face libraries offline.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-init-study reproduce-noise-study test-notebooks
+.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-init-study reproduce-noise-study reproduce-forgetting test-notebooks
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ reproduce-init-study: $(STAMP)  ## paper Table 4: init of t' and b -> runs/init_
 
 reproduce-noise-study: $(STAMP)  ## paper Fig. 7: corrupted images/texts/pairings -> runs/noise_study*/ (QUICK=1: smoke)
 	$(EXPERIMENT) configs/experiments/noise_study.yaml
+
+reproduce-forgetting: $(STAMP)  ## issue 15: forgetting under fine-tuning, layer decay / freezing / WiSE-FT -> runs/forgetting/ (QUICK=1: smoke)
+	$(OFFLINE) $(PY) -m siglip_lightning.experiments.forgetting --out runs/forgetting$(if $(QUICK),_quick --quick,)
 
 test-notebooks: $(STAMP)  ## execute the notebooks in quick mode
 	$(OFFLINE) SIGLIP_QUICK=1 $(PY) -m pytest tests/test_notebooks.py -q

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, List, Optional
 
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from siglip_lightning.data.datamodule import ImageTextDataModule
@@ -32,6 +36,19 @@ class SigLIPCLI(LightningCLI):
         parser.add_argument("--global_batch_size", type=Optional[int], default=None,
                             help="If set, fail unless data.batch_size x devices x num_nodes x "
                                  "accumulate_grad_batches equals it (a check, nothing is derived from it).")
+        parser.add_argument("--pretrained", type=Optional[str], default=None,
+                            help="A local Hugging Face SigLIP or open_clip SigLIP model folder to fine-tune: "
+                                 "sets the towers, t' and b, the tokenizer and the image preprocessing, unless "
+                                 "a config file or flag sets them (docs/FINETUNING.md).")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        given = list(sys.argv[1:] if args is None else args)
+        expanded = with_pretrained_defaults(given)
+        if expanded == given:
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(expanded)  # as super() does for a list, without its sys.argv warning
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -75,6 +92,43 @@ def check_global_batch_size(global_batch_size: Optional[int], trainer: Any, data
     )
 
 
+def with_pretrained_defaults(args: List[str]) -> List[str]:
+    """``args`` with the settings of ``--pretrained PATH`` (flag or config-file key) inserted right
+    after the subcommand, so that every config file and flag given by the user overrides them.
+    (Not ``link_arguments``: a link silently overrides a hand-set value.)"""
+    from siglip_lightning.interop.pretrained_folder import pretrained_settings
+
+    path = _pretrained_path(args)
+    if path is None:
+        return args
+    # right after the subcommand (the first bare word that is not an option's value), so everything given wins
+    where = next((i + 1 for i, a in enumerate(args) if a in SUBCOMMANDS and (i == 0 or not args[i - 1].startswith("-"))), 0)
+    derived = [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
+               for key, value in pretrained_settings(path).items()]
+    return args[:where] + derived + args[where:]
+
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _pretrained_path(args: List[str]) -> Optional[str]:
+    flags = [a.split("=", 1)[1] for a in args if a.startswith("--pretrained=")]
+    flags += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--pretrained"]
+    if flags:  # the flag (given once; several would be ambiguous)
+        if len(set(flags)) > 1:
+            raise UserInputError(f"--pretrained given several times: {flags}")
+        return None if flags[0] in ("", "null", "None") else flags[0]
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths = []
+    for config in configs:
+        if Path(config).is_file():
+            loaded = yaml.safe_load(Path(config).read_text()) or {}
+            if isinstance(loaded, dict) and loaded.get("pretrained"):
+                paths.append(str(loaded["pretrained"]))
+    return paths[-1] if paths else None
+
+
 def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
     """Run the CLI on ``args`` (``None``: ``sys.argv``) and return it (for tests and notebooks)."""
     # Tokenizers are used inside DataLoader workers: stop the HF fast-tokenizer fork warning noise.
@@ -89,6 +143,7 @@ EXTRA_COMMANDS = {
     "train-tokenizer": "siglip_lightning.commands.train_tokenizer",
     "make-data": "siglip_lightning.commands.make_data",
     "experiments": "siglip_lightning.commands.experiments",
+    "wise-ft": "siglip_lightning.commands.wise_ft",
 }
 
 

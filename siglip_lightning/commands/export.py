@@ -12,19 +12,29 @@ from typing import List, Literal, Optional
 from jsonargparse import CLI
 
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.interop.export import export_module, load_checkpoint, tokenizer_from_checkpoint
+from siglip_lightning.interop.export import export_module, load_checkpoint, pretrained_source, tokenizer_from_checkpoint
 
 
-def export(ckpt_path: str, format: Literal["hf", "open_clip"], out: str, tokenizer: Optional[str] = None) -> None:
+def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]] = None,
+           tokenizer: Optional[str] = None) -> None:
     """Export a SigLIPModule checkpoint to a Hugging Face ``SiglipModel`` folder or an open_clip model.
 
     Args:
         ckpt_path: Lightning checkpoint of a SigLIPModule.
-        format: ``hf`` (transformers ``SiglipModel``) or ``open_clip``.
         out: output folder.
+        format: ``hf`` (transformers ``SiglipModel``) or ``open_clip``; default: the format of the
+            checkpoint the run was fine-tuned from (``--pretrained``), whose processor is carried over.
         tokenizer: SentencePiece ``.model`` to ship (default: the one recorded by the run's datamodule).
     """
     module, checkpoint = load_checkpoint(ckpt_path)
+    source_format, source = pretrained_source(checkpoint)
+    format = format or source_format
+    if format is None:
+        raise UserInputError("--format is required (hf or open_clip): the run was not fine-tuned from --pretrained")
+    if source is not None and format == source_format:
+        written = export_module(module, format, out, source=source)
+        print(f"exported {format} model with the processor of {source} to {written}")
+        return
     tokenizer = tokenizer or tokenizer_from_checkpoint(checkpoint)
     if tokenizer is None:
         warnings.warn("no tokenizer found in the checkpoint's datamodule settings: exporting weights only")

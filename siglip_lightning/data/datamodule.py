@@ -20,6 +20,7 @@ from siglip_lightning.data.resume import StreamProgress
 from siglip_lightning.data.sources import caption_strings, open_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
+from siglip_lightning.data.pretrained_tokenizers import pretrained_tokenizer
 from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.data.transforms import ImageTransform
 from siglip_lightning import _compat
@@ -27,6 +28,7 @@ from siglip_lightning.ranks import is_distributed
 from siglip_lightning.errors import UserInputError
 
 BUILTIN = "builtin"
+TOKENIZER_TYPES = ("sentencepiece", "clip", "hf", "open_clip")
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -49,8 +51,13 @@ class ImageTextDataModule(L.LightningDataModule):
         image_mean: per-channel mean after scaling to [0, 1] (0.5 maps to [-1, 1], as SigLIP).
         image_std: per-channel std.
         augment: random crop and flip on training images.
+        image_resample: ``bilinear`` or ``bicubic`` (a released checkpoint's processor says which).
+        image_resize_backend: ``pil`` (fast), ``pil_exact`` (as transformers 4), ``open_clip`` or
+            ``torchvision`` (as transformers 5 image processors): see ``ImageTransform``.
         context_length: tokens per caption (must match the text tower).
-        tokenizer_type: ``sentencepiece`` (SigLIP's) or ``clip`` (open_clip's CLIP BPE, 49408 tokens).
+        tokenizer_type: ``sentencepiece`` (SigLIP's), ``clip`` (open_clip's CLIP BPE, 49408 tokens),
+            ``hf`` (the tokenizer of the Hugging Face folder ``tokenizer_path``) or ``open_clip`` (that of
+            the open_clip model named by ``tokenizer_path``): the last two are set by ``--pretrained``.
         tokenizer_path: a SentencePiece ``.model``; ``None`` trains one on the training captions.
         vocab_size: vocabulary size when training the tokenizer (must not exceed the text tower's).
         tokenizer_train_samples: captions read to train the tokenizer.
@@ -84,8 +91,10 @@ class ImageTextDataModule(L.LightningDataModule):
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = False,
+        image_resample: Literal["bilinear", "bicubic"] = "bilinear",
+        image_resize_backend: Literal["pil", "pil_exact", "open_clip", "torchvision"] = "pil",
         context_length: int = 16,
-        tokenizer_type: Literal["sentencepiece", "clip"] = "sentencepiece",
+        tokenizer_type: Literal["sentencepiece", "clip", "hf", "open_clip"] = "sentencepiece",
         tokenizer_path: Optional[str] = None,
         vocab_size: int = 1024,
         tokenizer_train_samples: int = 100_000,
@@ -108,12 +117,15 @@ class ImageTextDataModule(L.LightningDataModule):
         self.builtin_spec = builtin if isinstance(builtin, ShapesSpec) else ShapesSpec(**builtin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_data_root()
         self.specs = source_specs(path, sources, image_column, text_column, id_column, BUILTIN)
-        self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment)
-        self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False)
+        resize = dict(resample=image_resample, resize_backend=image_resize_backend)
+        self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment, **resize)
+        self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False, **resize)
         if not 0.0 <= val_fraction <= 0.5:
             raise UserInputError(f"data.val_fraction must be in [0, 0.5], got {val_fraction}")
-        if tokenizer_type not in ("sentencepiece", "clip"):
-            raise UserInputError(f"data.tokenizer_type must be 'sentencepiece' or 'clip', got {tokenizer_type!r}")
+        if tokenizer_type not in TOKENIZER_TYPES:
+            raise UserInputError(f"data.tokenizer_type must be one of {TOKENIZER_TYPES}, got {tokenizer_type!r}")
+        if tokenizer_type in ("hf", "open_clip") and not tokenizer_path:
+            raise UserInputError(f"data.tokenizer_type={tokenizer_type} needs data.tokenizer_path (the model folder)")
         self.tokenizer: Optional[Any] = None
         self._splits: Dict[int, Any] = {}
         self.progress = StreamProgress()
@@ -158,6 +170,9 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             if self.hparams.tokenizer_type == "clip":
                 self.tokenizer = ClipTokenizer(self.hparams.context_length)
+            elif self.hparams.tokenizer_type in ("hf", "open_clip"):
+                self.tokenizer = pretrained_tokenizer(self.hparams.tokenizer_type, self.hparams.tokenizer_path,
+                                                      self.hparams.context_length)
             else:
                 self.tokenizer = SentencePieceTokenizer(self.tokenizer_file(), self.hparams.context_length)
         self.columns = [resolve_columns(self._open(i), spec) for i, spec in enumerate(self.specs)]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import random
-from typing import Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 class ImageTransform:
@@ -17,6 +20,12 @@ class ImageTransform:
         mean: per-channel mean subtracted after scaling to [0, 1]; 0.5 gives SigLIP's [-1, 1].
         std: per-channel std divided by.
         augment: random horizontal flip and a mild random resized crop (training only).
+        resample: ``bilinear`` (SigLIP's) or ``bicubic`` (open_clip's SigLIP configs).
+        resize_backend: ``pil`` (PIL with a fast box pre-shrink of large images: quick, not bit-exact
+            with any library), ``pil_exact`` (plain PIL resize: transformers 4 image processors),
+            ``open_clip`` (open_clip's transforms: plain PIL resize in the image's own mode, then RGB,
+            alpha dropped) or ``torchvision`` (antialiased resize of the uint8 tensor: transformers 5
+            image processors). Pick the one of the checkpoint being fine-tuned.
     """
 
     def __init__(
@@ -25,7 +34,12 @@ class ImageTransform:
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = False,
+        resample: Literal["bilinear", "bicubic"] = "bilinear",
+        resize_backend: Literal["pil", "pil_exact", "open_clip", "torchvision"] = "pil",
     ) -> None:
+        if resample not in RESAMPLE or resize_backend not in ("pil", "pil_exact", "open_clip", "torchvision"):
+            raise ValueError(f"unknown resample {resample!r} or resize_backend {resize_backend!r}")
+        self.resample, self.resize_backend = resample, resize_backend
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -43,19 +57,33 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, rng: Optional[random.Random] = None) -> torch.Tensor:
         """``rng`` drives augmentation (the data stream seeds it per sample, for exact resume)."""
-        if image.mode != "RGB":
+        if image.mode != "RGB" and self.resize_backend != "open_clip":
             image = to_rgb(image)
         rng = rng or random
         box = self._crop_box(image.size, rng) if self.augment else None
-        # reducing_gap: a fast box pre-shrink for images much larger than the target, then bilinear
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box,
-                             reducing_gap=3.0)
+        if self.resize_backend == "torchvision":
+            tensor = self._torchvision_resize(image.crop(box) if box is not None else image)
+        else:
+            # reducing_gap (pil): a fast box pre-shrink for images much larger than the target
+            gap = 3.0 if self.resize_backend == "pil" else None
+            image = image.resize((self.image_size, self.image_size), RESAMPLE[self.resample], box=box,
+                                 reducing_gap=gap)
+            if image.mode != "RGB":  # open_clip: converted after the resize
+                image = image.convert("RGB")
+            # copy: np.asarray of PIL is read-only
+            tensor = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         if self.augment and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.uint8)
+            tensor = tensor.flip(-1)
         # one float copy, then in place: (x / 255 - mean) / std = x * scale - offset
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float()  # copy: np.asarray of PIL is read-only
-        return tensor.mul_(self._scale).sub_(self._offset)
+        return tensor.float().mul_(self._scale).sub_(self._offset)
+
+    def _torchvision_resize(self, image: Image.Image) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as tvF
+
+        mode = InterpolationMode.BICUBIC if self.resample == "bicubic" else InterpolationMode.BILINEAR
+        tensor = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return tvF.resize(tensor, [self.image_size, self.image_size], interpolation=mode, antialias=True)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -9,8 +9,9 @@ SentencePiece model, and a ``SiglipTokenizer`` over it), loadable with
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop import hf, openclip
@@ -20,22 +21,62 @@ from siglip_lightning.model.module import SigLIPModule
 FORMATS = ("hf", "open_clip")
 
 
-def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Optional[str] = None) -> Path:
-    """Write ``module`` in format ``fmt`` (``hf`` or ``open_clip``) to ``out_dir``."""
+def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Optional[str] = None,
+                  source: Optional[str] = None) -> Path:
+    """Write ``module`` in format ``fmt`` (``hf`` or ``open_clip``) to ``out_dir``.
+
+    ``source``: the checkpoint folder the run was fine-tuned from (``--pretrained``); its processor
+    (tokenizer + image preprocessing) is written with the weights, so the export loads as it did.
+    """
     towers = (unwrap(module.image_tower), unwrap(module.text_tower), module.logit_scale, module.logit_bias)
     if fmt == "hf":
-        return hf.export_hf(*towers, out_dir, tokenizer_model=tokenizer_model)
+        out = hf.export_hf(*towers, out_dir, tokenizer_model=None if source else tokenizer_model)
+        if source is not None:
+            from transformers import AutoProcessor
+
+            AutoProcessor.from_pretrained(source, local_files_only=True).save_pretrained(str(out))
+        return out
     if fmt == "open_clip":
         out = openclip.export_open_clip(*towers, out_dir)
-        if tokenizer_model is not None:
+        if source is not None:
+            carry_open_clip_preprocessing(Path(source.removeprefix("local-dir:")), Path(out))
+        elif tokenizer_model is not None:
             (Path(out) / "spiece.model").write_bytes(Path(tokenizer_model).read_bytes())
         return out
     raise UserInputError(f"--format must be one of {FORMATS}, got {fmt!r}")
 
 
+def carry_open_clip_preprocessing(source: Path, out: Path) -> None:
+    """Copy the source model's tokenizer settings and ``preprocess_cfg`` into the exported config."""
+    theirs = json.loads((source / openclip.CONFIG).read_text())
+    ours = json.loads((out / openclip.CONFIG).read_text())
+    text = theirs["model_cfg"].get("text_cfg", {})
+    for key in ("hf_tokenizer_name", "tokenizer_kwargs"):
+        if key in text:
+            ours["model_cfg"]["text_cfg"][key] = text[key]
+    if "preprocess_cfg" in theirs:
+        ours["preprocess_cfg"] = theirs["preprocess_cfg"]
+    (out / openclip.CONFIG).write_text(json.dumps(ours, indent=2))
+    if text.get("hf_tokenizer_name"):  # open_clip's local-dir: reads the HF tokenizer files from the folder
+        import open_clip
+
+        open_clip.get_tokenizer(f"local-dir:{source}").save_pretrained(str(out))
+
+
+def pretrained_source(checkpoint: dict) -> Tuple[Optional[str], Optional[str]]:
+    """(format, folder) of the checkpoint a run was fine-tuned from, read from its datamodule settings."""
+    params = checkpoint.get("datamodule_hyper_parameters") or {}
+    kind = params.get("tokenizer_type")
+    if kind in ("hf", "open_clip"):
+        return kind, params.get("tokenizer_path")
+    return None, None
+
+
 def tokenizer_from_checkpoint(checkpoint: dict) -> Optional[str]:
     """The SentencePiece file the run trained with, when the checkpoint's datamodule can tell."""
     params = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    if params.get("tokenizer_type") in ("hf", "open_clip"):  # a model folder, carried by export_module(source=)
+        return None
     if params.get("tokenizer_path"):
         return params["tokenizer_path"]
     try:

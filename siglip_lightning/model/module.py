@@ -12,6 +12,7 @@ from torch import nn
 
 from siglip_lightning import _compat
 from siglip_lightning.errors import UserInputError
+from siglip_lightning.model.finetune import apply_lr_controls, freeze_controlled
 from siglip_lightning.model.gradcache import cached_gradient_loss, check_micro_batch_size, wants_micro_batches
 from siglip_lightning.model.init_from import load_initial_weights
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
@@ -79,6 +80,14 @@ class SigLIPModule(L.LightningModule):
             many pairs with gradient caching (``siglip_lightning/model/gradcache.py``): the same gradient
             as the whole batch at once, the activation memory of one micro-batch, about one extra
             forward pass. ``None``: the whole batch in one piece.
+        text_tower_lr_scale: lr multiplier of the text tower. The next five keys are fine-tuning
+            controls against forgetting (``model/finetune.py``); their defaults change nothing.
+        logit_lr_scale: lr multiplier of t' and b.
+        learn_logit_bias: train b (else it stays at its init, e.g. the checkpoint's).
+        layer_decay: layer-wise lr decay: block i of L gets ``layer_decay**(L - i)`` x the lr, the
+            embeddings ``layer_decay**(L + 1)``, the head 1; 1.0 is off.
+        image_tower_frozen_blocks: freeze the image tower's embeddings and first k blocks (-1: all of it).
+        text_tower_frozen_blocks: the same for the text tower.
     """
 
     def __init__(
@@ -103,6 +112,12 @@ class SigLIPModule(L.LightningModule):
         compile: bool = False,
         fused_optimizer: Optional[bool] = None,
         micro_batch_size: Optional[int] = None,
+        text_tower_lr_scale: float = 1.0,
+        logit_lr_scale: float = 1.0,
+        learn_logit_bias: bool = True,
+        layer_decay: float = 1.0,
+        image_tower_frozen_blocks: int = 0,
+        text_tower_frozen_blocks: int = 0,
     ) -> None:
         super().__init__()
         check_micro_batch_size(micro_batch_size)
@@ -120,6 +135,7 @@ class SigLIPModule(L.LightningModule):
         self._last_step_end: Optional[float] = None  # samples/s: when the current interval began
         self._samples_since = 0  # and how many samples (all ranks) it has seen
         self._grads_zeroed = False
+        freeze_controlled(self)
 
     # --- t', b and norms stay float32 under bf16-true / 16-true (model/precision.py) ----------------
     def to(self, *args: Any, **kwargs: Any) -> "SigLIPModule":
@@ -236,7 +252,7 @@ class SigLIPModule(L.LightningModule):
 
     def parameter_groups(self) -> list:
         """AdamW groups (``model/optim.py``); override to change which tensors decay or their lr."""
-        return parameter_groups(self)
+        return apply_lr_controls(self, parameter_groups(self))
 
     def use_fused_optimizer(self) -> bool:
         return use_fused_optimizer(self)

@@ -7,8 +7,8 @@ open_clip model (architecture by name, weights from a file). Offline; usable fro
         init_args: {path: /models/siglip-base-patch16-224}
 
 They are plain ``VisionTower``/``TextTower`` afterwards (same keys), so checkpoints, export and
-locking work unchanged. t' and b are not towers: copy them with ``model.init_logit_scale`` /
-``model.init_logit_bias`` (``siglip_lightning.interop.hf.logits_from_hf`` reads them).
+locking work unchanged. t' and b are not towers: ``--pretrained FOLDER`` (``interop/pretrained_folder.py``)
+sets ``model.init_logit_scale`` / ``model.init_logit_bias`` from the checkpoint along with the towers.
 """
 from __future__ import annotations
 

@@ -1,0 +1,170 @@
+"""What ``--pretrained PATH`` takes from a released checkpoint: towers, t' and b, tokenizer, image preprocessing.
+
+A fine-tuning run must start from the checkpoint's weights *and* its t' and b, and feed it text and
+images prepared exactly as in pre-training, or its numbers drop before the first step. This module
+turns a local model folder into the run settings that achieve that, as dotted config keys
+(``model.init_logit_scale``, ``data.image_mean``, ...); ``cli.py`` hands them to the parser as
+defaults that anything set in a config file or on the command line overrides.
+
+One function per checkpoint family, picked by ``config.json``'s ``model_type`` (``siglip``) or by the
+presence of ``open_clip_config.json`` (``open_clip``). A new family (SigLIP 2) adds one entry to
+:data:`FAMILIES`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch
+
+from siglip_lightning.errors import UserInputError
+
+Settings = Dict[str, Any]  # dotted config key -> value
+
+
+def _tower(class_path: str, **init_args) -> dict:
+    return {"class_path": class_path, "init_args": init_args}
+
+
+def hf_processor_settings(folder: Path) -> dict:
+    """The image processor dict of a Hugging Face folder, from either layout.
+
+    transformers 5 writes ``processor_config.json`` (``{"image_processor": {...}, ...}``); older
+    folders (and every released SigLIP) have ``preprocessor_config.json`` holding it directly.
+    """
+    combined, single = folder / "processor_config.json", folder / "preprocessor_config.json"
+    if combined.is_file():
+        settings = json.loads(combined.read_text()).get("image_processor")
+        if settings:
+            return settings
+    if single.is_file():
+        return json.loads(single.read_text())
+    raise UserInputError(f"{folder} has no preprocessor_config.json or processor_config.json: the image "
+                         "preprocessing of the checkpoint is unknown (save the processor with the model)")
+
+
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def _pil_image_processor(settings: dict) -> bool:
+    """Whether the installed transformers resizes this folder's images with PIL (4.x; 5.x's "...Pil"
+    classes) rather than with an antialiased torchvision resize (5.x's default ``SiglipImageProcessor``)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return major < 5 or str(settings.get("image_processor_type", "")).endswith("Pil")
+
+
+def hf_image_settings(folder: Path) -> Settings:
+    """data.* keys reproducing a SigLIP image processor: square resize, x/255, (x - mean) / std."""
+    p = hf_processor_settings(folder)
+    size = p.get("size") or {}
+    height, width = size.get("height"), size.get("width")
+    if height is None or height != width:
+        raise UserInputError(f"{folder}: only a fixed square resize is supported, the processor has size {size}")
+    if p.get("do_center_crop"):
+        raise UserInputError(f"{folder}: the processor center-crops; SigLIP processors resize without cropping")
+    resample = PIL_RESAMPLE.get(p.get("resample", 3))
+    if resample is None:
+        raise UserInputError(f"{folder}: resample={p.get('resample')} is not supported (2: bilinear, 3: bicubic)")
+    if not p.get("do_rescale", True) or abs(p.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        raise UserInputError(f"{folder}: only rescaling by 1/255 is supported, got do_rescale={p.get('do_rescale')}, "
+                             f"rescale_factor={p.get('rescale_factor')}")
+    normalize = p.get("do_normalize", True)
+    mean = p.get("image_mean", [0.5] * 3) if normalize else [0.0] * 3
+    std = p.get("image_std", [0.5] * 3) if normalize else [1.0] * 3
+    backend = "pil_exact" if _pil_image_processor(p) else "torchvision"
+    return {"data.image_size": int(height), "data.image_mean": [float(x) for x in mean],
+            "data.image_std": [float(x) for x in std], "data.image_resample": resample,
+            "data.image_resize_backend": backend}
+
+
+def siglip_settings(folder: Path, config: dict) -> Settings:
+    """A transformers ``SiglipModel`` folder (``save_pretrained`` output, e.g. google/siglip-base-patch16-224)."""
+    from siglip_lightning.interop.hf import logits_from_hf
+
+    scale, bias = logits_from_hf(folder)
+    context = (config.get("text_config") or {}).get("max_position_embeddings", 64)
+    return {
+        "model.image_tower": _tower("siglip_lightning.HFVisionTower", path=str(folder)),
+        "model.text_tower": _tower("siglip_lightning.HFTextTower", path=str(folder)),
+        "model.init_logit_scale": scale, "model.init_logit_bias": bias,
+        "data.tokenizer_type": "hf", "data.tokenizer_path": str(folder), "data.context_length": int(context),
+        **hf_image_settings(folder),
+    }
+
+
+def _open_clip_logits(folder: Path) -> tuple:
+    from safetensors.torch import load_file
+
+    weights = folder / "open_clip_model.safetensors"
+    if weights.is_file():
+        state = load_file(str(weights))
+    elif (folder / "open_clip_pytorch_model.bin").is_file():
+        state = torch.load(folder / "open_clip_pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise UserInputError(f"no open_clip_model.safetensors or open_clip_pytorch_model.bin in {folder}")
+    if "logit_bias" not in state:
+        raise UserInputError(f"{folder} has no logit_bias: not a SigLIP (sigmoid-loss) open_clip model")
+    return float(state["logit_scale"].reshape(())), float(state["logit_bias"].reshape(()))
+
+
+OPEN_CLIP_MEAN, OPEN_CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def open_clip_settings(folder: Path, config: dict) -> Settings:
+    """An open_clip SigLIP model folder (``open_clip_config.json`` + weights: open_clip's ``local-dir:``)."""
+    model_cfg, pre = config.get("model_cfg") or {}, config.get("preprocess_cfg") or {}
+    if pre.get("resize_mode", "squash") != "squash":
+        raise UserInputError(f"{folder}: preprocess_cfg.resize_mode={pre['resize_mode']!r} is not supported "
+                             "(SigLIP models use 'squash', a plain resize)")
+    interpolation = pre.get("interpolation", "bicubic")
+    if interpolation not in ("bilinear", "bicubic"):
+        raise UserInputError(f"{folder}: preprocess_cfg.interpolation={interpolation!r} is not supported")
+    size = pre.get("size", (model_cfg.get("vision_cfg") or {}).get("image_size", 224))
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    name = f"local-dir:{folder}"
+    scale, bias = _open_clip_logits(folder)
+    return {
+        "model.image_tower": _tower("siglip_lightning.OpenCLIPVisionTower", model_name=name),
+        "model.text_tower": _tower("siglip_lightning.OpenCLIPTextTower", model_name=name),
+        "model.init_logit_scale": scale, "model.init_logit_bias": bias,
+        "data.tokenizer_type": "open_clip", "data.tokenizer_path": name,
+        "data.context_length": int((model_cfg.get("text_cfg") or {}).get("context_length", 77)),
+        "data.image_size": int(size), "data.image_mean": [float(x) for x in pre.get("mean", OPEN_CLIP_MEAN)],
+        "data.image_std": [float(x) for x in pre.get("std", OPEN_CLIP_STD)], "data.image_resample": interpolation,
+        "data.image_resize_backend": "open_clip",
+    }
+
+
+def _not_yet(family: str) -> Callable[[Path, dict], Settings]:
+    def refuse(folder: Path, config: dict) -> Settings:
+        raise UserInputError(f"--pretrained {folder}: model_type {family!r} is not supported yet")
+    return refuse
+
+
+# model_type -> settings reader. SigLIP 2 fixed-resolution releases are model_type "siglip" (SiglipModel).
+FAMILIES: Dict[str, Callable[[Path, dict], Settings]] = {
+    "siglip": siglip_settings,
+    "open_clip": open_clip_settings,
+    "siglip2": _not_yet("siglip2"),
+}
+
+
+def pretrained_settings(path: str) -> Settings:
+    """Run settings (dotted keys) that start a fit from the checkpoint folder ``path``."""
+    folder = Path(path[len("local-dir:"):] if path.startswith("local-dir:") else path).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserInputError(f"--pretrained {path}: not a folder (a local Hugging Face or open_clip model folder)")
+    if (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text())
+        family = config.get("model_type")
+    elif (folder / "open_clip_config.json").is_file():
+        config, family = json.loads((folder / "open_clip_config.json").read_text()), "open_clip"
+    else:
+        raise UserInputError(f"--pretrained {path}: no config.json (Hugging Face) or open_clip_config.json (open_clip)")
+    if family not in FAMILIES:
+        raise UserInputError(f"--pretrained {path}: model_type {family!r} is not supported "
+                             f"(supported: {sorted(FAMILIES)})")
+    return FAMILIES[family](folder, config)
