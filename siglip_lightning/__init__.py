@@ -14,6 +14,7 @@ from siglip_lightning.towers.locked import LockedTower
 from siglip_lightning.towers.precomputed import PrecomputedImageTower
 from siglip_lightning.towers.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
 from siglip_lightning.towers import TextTower, VisionTower
+from siglip_lightning.towers.naflex import NaFlexVisionTower
 
 __version__ = "0.1.0"
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "HFTextTower",
     "HFVisionTower",
     "LockedTower",
+    "NaFlexVisionTower",
     "OpenCLIPTextTower",
     "OpenCLIPVisionTower",
     "PrecomputedImageTower",
