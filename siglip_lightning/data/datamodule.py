@@ -13,7 +13,9 @@ import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 
+from siglip_lightning.data.gemma_tokenizer import GemmaStyleTokenizer, train_gemma_sentencepiece
 from siglip_lightning.data.loader import StreamLoader
+from siglip_lightning.data.naflex import NaFlexSpec, naflex_pieces
 from siglip_lightning.data.sources import (
     ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, caption_strings, column_names, open_splits, pick_column,
 )
@@ -43,7 +45,8 @@ class ImageTextDataModule(L.LightningDataModule):
         image_std: per-channel std.
         augment: random crop and flip on training images.
         context_length: tokens per caption (must match the text tower).
-        tokenizer_type: ``sentencepiece`` (SigLIP's) or ``clip`` (open_clip's CLIP BPE, 49408 tokens).
+        tokenizer_type: ``sentencepiece`` (SigLIP's), ``gemma`` (SigLIP 2's conventions: pad id 0, EOS,
+            no BOS, over a SentencePiece model with Gemma's special ids) or ``clip`` (open_clip's CLIP BPE).
         tokenizer_path: a SentencePiece ``.model``; ``None`` trains one on the training captions.
         vocab_size: vocabulary size when training the tokenizer (must not exceed the text tower's).
         tokenizer_train_samples: captions read to train the tokenizer.
@@ -60,6 +63,8 @@ class ImageTextDataModule(L.LightningDataModule):
             (at least 50) samples it has read: the columns are wrong or the data is broken.
         builtin: knobs of the generated dataset when ``path`` is ``builtin``.
         cache_dir: where generated data and trained tokenizers go (default ~/.cache/siglip-lightning).
+        naflex: cut images at their own aspect ratio into patches within a patch budget, for a
+            ``NaFlexVisionTower`` (SigLIP 2); ``None`` resizes to ``image_size`` squares. See docs/NAFLEX.md.
     """
 
     def __init__(
@@ -74,7 +79,7 @@ class ImageTextDataModule(L.LightningDataModule):
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = False,
         context_length: int = 16,
-        tokenizer_type: Literal["sentencepiece", "clip"] = "sentencepiece",
+        tokenizer_type: Literal["sentencepiece", "gemma", "clip"] = "sentencepiece",
         tokenizer_path: Optional[str] = None,
         vocab_size: int = 1024,
         tokenizer_train_samples: int = 100_000,
@@ -87,6 +92,7 @@ class ImageTextDataModule(L.LightningDataModule):
         max_skip_fraction: float = 0.5,
         builtin: ShapesSpec = ShapesSpec(),
         cache_dir: Optional[str] = None,
+        naflex: Optional[NaFlexSpec] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -97,10 +103,16 @@ class ImageTextDataModule(L.LightningDataModule):
             self._check_local_path(path)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment)
         self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False)
+        self.collates = (collate_pairs, collate_pairs)
+        if naflex is not None:  # SigLIP 2's NaFlex: patches at the image's own aspect ratio (data/naflex.py)
+            naflex = naflex if isinstance(naflex, NaFlexSpec) else NaFlexSpec(**naflex)
+            self.image_transform, self.eval_transform, *self.collates = naflex_pieces(
+                naflex, image_mean, image_std, augment, seed)
         if not 0.0 <= val_fraction <= 0.5:
             raise UserInputError(f"data.val_fraction must be in [0, 0.5], got {val_fraction}")
-        if tokenizer_type not in ("sentencepiece", "clip"):
-            raise UserInputError(f"data.tokenizer_type must be 'sentencepiece' or 'clip', got {tokenizer_type!r}")
+        if tokenizer_type not in ("sentencepiece", "gemma", "clip"):
+            raise UserInputError(
+                f"data.tokenizer_type must be 'sentencepiece', 'gemma' or 'clip', got {tokenizer_type!r}")
         self.tokenizer: Optional[Any] = None
         self._splits = None
         self._progress: Dict[str, Any] = {"epoch": -1, "positions": {}, "last_worker": -1}
@@ -126,7 +138,8 @@ class ImageTextDataModule(L.LightningDataModule):
         key = json.dumps([self._resolved_path(), self.hparams.text_column, self.hparams.vocab_size,
                           self.hparams.tokenizer_train_samples])
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        return self.cache_dir / "tokenizers" / f"spm-{self.hparams.vocab_size}-{digest}.model"
+        kind = "gemma-" if self.hparams.tokenizer_type == "gemma" else ""
+        return self.cache_dir / "tokenizers" / f"spm-{kind}{self.hparams.vocab_size}-{digest}.model"
 
     # --- Lightning hooks ---------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -134,7 +147,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.path == BUILTIN:
             _ = self.builtin_root
         model_file = self.tokenizer_file()
-        if self.hparams.tokenizer_type == "sentencepiece" and not model_file.exists():
+        if self.hparams.tokenizer_type in ("sentencepiece", "gemma") and not model_file.exists():
             if self.hparams.tokenizer_path:
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
             train = self._open()["train"]
@@ -142,12 +155,15 @@ class ImageTextDataModule(L.LightningDataModule):
                                       "text", "data.text_column")
             rows = itertools.islice(train.select_columns([text_column]), self.hparams.tokenizer_train_samples)
             captions = (ex[text_column] for ex in rows)  # the text column only: no image bytes read into Python
-            train_sentencepiece(caption_strings(captions), model_file, self.hparams.vocab_size)
+            trainer = train_gemma_sentencepiece if self.hparams.tokenizer_type == "gemma" else train_sentencepiece
+            trainer(caption_strings(captions), model_file, self.hparams.vocab_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
             if self.hparams.tokenizer_type == "clip":
                 self.tokenizer = ClipTokenizer(self.hparams.context_length)
+            elif self.hparams.tokenizer_type == "gemma":
+                self.tokenizer = GemmaStyleTokenizer(self.tokenizer_file(), self.hparams.context_length)
             else:
                 self.tokenizer = SentencePieceTokenizer(self.tokenizer_file(), self.hparams.context_length)
         splits = self._open()
@@ -216,7 +232,7 @@ class ImageTextDataModule(L.LightningDataModule):
             self._stream(split, train),
             batch_size=self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
-            collate_fn=collate_pairs,
+            collate_fn=self.collates[0 if train else 1],
             drop_last=train,
             persistent_workers=False,  # fresh workers each pass pick up the new epoch and resume point
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,

@@ -87,6 +87,7 @@ class ZeroShotClassification(EvalCallback):
         num_workers: DataLoader workers decoding images.
         every_n_steps: also evaluate every this many training steps (``None``: only at validation).
         at_validation: evaluate at the end of each validation loop (fit and ``validate``).
+        patch_budget: NaFlex models only: evaluate at this patch budget (default: ``data.naflex.eval_budget``).
     """
 
     prefix = "zeroshot"
@@ -95,8 +96,9 @@ class ZeroShotClassification(EvalCallback):
                  class_names: Union[str, List[str], None] = None, templates: Union[str, List[str], None] = None,
                  image_column: str = "image", label_column: str = "label", split: Optional[str] = None,
                  batch_size: int = 256, max_images: Optional[int] = None, num_workers: int = 0,
-                 every_n_steps: Optional[int] = None, at_validation: bool = True) -> None:
-        super().__init__(name, every_n_steps, at_validation)
+                 every_n_steps: Optional[int] = None, at_validation: bool = True,
+                 patch_budget: Optional[int] = None) -> None:
+        super().__init__(name, every_n_steps, at_validation, patch_budget)
         self.path, self.split = path, split
         # Resolve the short names now, so that a typo fails when the config is read.
         self.class_names = resolve_class_names(class_names)

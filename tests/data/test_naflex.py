@@ -1,0 +1,97 @@
+"""The NaFlex data path: transformers' resize rule, varied-aspect built-in data, batches of patches with
+per-batch budgets that a second pass (or a resumed one) draws again, and a CLI fit of a NaFlex model."""
+import random
+
+import pytest
+import torch
+
+from siglip_lightning.data.datamodule import ImageTextDataModule
+from siglip_lightning.data.naflex import NaFlexSpec, grid_for_budget
+from siglip_lightning.data.synthetic import ShapesSpec
+from siglip_lightning.errors import UserInputError
+from siglip_lightning.towers import PatchBatch
+from tests.conftest import REPO, TINY_DATA, TINY_TRAINER
+
+SPEC = dict(num_train=256, num_validation=32, zeroshot_per_class=1, num_shards=2, image_size=32, max_aspect=2.0)
+
+
+def test_grid_rule_is_transformers():
+    pytest.importorskip("transformers")
+    from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+
+    rng = random.Random(0)
+    for _ in range(300):
+        h, w, p, budget = rng.randint(1, 900), rng.randint(1, 900), rng.choice([4, 14, 16]), rng.randint(1, 1100)
+        assert grid_for_budget(h, w, p, budget) == get_image_size_for_max_num_patches(h, w, p, budget)
+
+
+def test_builtin_data_at_varied_aspect_ratios_keeps_square_data_unchanged(tmp_path):
+    from siglip_lightning.data.synthetic import make_pair
+    from PIL import Image
+    import io
+
+    square, varied = ShapesSpec(**{**SPEC, "max_aspect": 1.0}), ShapesSpec(**SPEC)
+    assert square.fingerprint() == ShapesSpec(**{k: v for k, v in SPEC.items() if k != "max_aspect"}).fingerprint()
+    ratios = [Image.open(io.BytesIO(make_pair(varied, "train", i)[0])).size for i in range(200)]
+    aspects = [w / h for w, h in ratios]
+    assert min(aspects) < 0.6 and max(aspects) > 1.7 and all(0.48 < a < 2.1 for a in aspects)
+    assert all(Image.open(io.BytesIO(make_pair(square, "train", i)[0])).size == (32, 32) for i in range(5))
+    with pytest.raises(ValueError, match="max_aspect"):
+        ShapesSpec(max_aspect=0.5)
+
+
+def datamodule(tmp_path, **naflex):
+    dm = ImageTextDataModule(batch_size=16, num_workers=0, shuffle_buffer=32, builtin=ShapesSpec(**SPEC),
+                             context_length=8, vocab_size=300, tokenizer_type="gemma", cache_dir=str(tmp_path),
+                             naflex=NaFlexSpec(**naflex))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_are_padded_patches_with_a_budget_per_batch_drawn_again_on_a_second_pass(tmp_path):
+    dm = datamodule(tmp_path, patch_size=4, budgets=[16, 36, 64])
+    first = list(dm.train_dataloader())
+    again = list(dm.train_dataloader())
+    budgets = set()
+    for batch, other in zip(first, again):
+        images = batch["image"]
+        assert isinstance(images, PatchBatch) and images.patches.shape[-1] == 48
+        counts = images.spatial_shapes.prod(1)
+        assert torch.equal(counts, images.mask.sum(1)) and images.patches.shape[1] == int(counts.max())
+        budget = next(b for b in (16, 36, 64) if counts.max() <= b and counts.min() > b * 0.4)
+        budgets.add(budget)
+        assert len({tuple(s) for s in images.spatial_shapes.tolist()}) > 1  # several aspect ratios in one batch
+        torch.testing.assert_close(images.patches, other["image"].patches, atol=0, rtol=0)
+        assert torch.equal(batch["text"][:, 0] != 0, torch.ones(16, dtype=torch.bool))
+        assert (batch["text"] == 1).sum(1).eq(1).all()  # one EOS (id 1), the rest padding id 0
+    assert len(budgets) > 1, budgets
+
+
+def test_eval_batches_use_the_eval_budget_and_padding_to_budget(tmp_path):
+    dm = datamodule(tmp_path, patch_size=4, budgets=[16, 64], eval_budget=25, pad_to="budget")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].patches.shape[1] == 25 and (batch["image"].spatial_shapes.prod(1) <= 25).all()
+    with pytest.raises(UserInputError, match="budgets"):
+        NaFlexSpec(budgets=[])
+
+
+def test_cli_fits_a_naflex_model_on_varied_aspect_data(tmp_path):
+    from siglip_lightning.cli import cli_main
+
+    args = ["fit", f"--config={REPO / 'configs' / 'naflex.yaml'}", *TINY_DATA, *TINY_TRAINER,
+            "--data.builtin.max_aspect=2.0", "--data.batch_size=16", "--data.num_workers=0",
+            "--data.shuffle_buffer=64", "--data.context_length=8", "--data.vocab_size=300",
+            "--data.naflex.patch_size=8", "--data.naflex.budgets=[4,9]", "--data.naflex.eval_budget=9",
+            "--model.image_tower.init_args.patch_size=8", "--model.image_tower.init_args.width=32",
+            "--model.image_tower.init_args.layers=1", "--model.text_tower.init_args.width=32",
+            "--model.text_tower.init_args.layers=1", "--model.text_tower.init_args.output_dim=32",
+            "--model.text_tower.init_args.context_length=8", "--model.text_tower.init_args.vocab_size=300",
+            "--model.warmup_steps=1", "--model.micro_batch_size=8", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false", "--trainer.callbacks+=siglip_lightning.eval.Retrieval",
+            "--trainer.callbacks.name=builtin", "--trainer.callbacks.patch_budget=4"]
+    cli = cli_main(args)
+    assert cli.trainer.global_step == 2
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/loss", "val/loss", "zeroshot/builtin/top1", "retrieval/builtin/image_to_text_R@1"):
+        assert key in metrics and torch.isfinite(metrics[key]), sorted(metrics)
