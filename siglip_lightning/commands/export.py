@@ -13,6 +13,7 @@ from jsonargparse import CLI
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop.export import export_module, load_checkpoint, tokenizer_from_checkpoint
+from siglip_lightning.interop.hf_siglip2 import image_settings_from_checkpoint
 
 
 def export(ckpt_path: str, format: Literal["hf", "open_clip"], out: str, tokenizer: Optional[str] = None) -> None:
@@ -30,7 +31,7 @@ def export(ckpt_path: str, format: Literal["hf", "open_clip"], out: str, tokeniz
         warnings.warn("no tokenizer found in the checkpoint's datamodule settings: exporting weights only")
     elif not Path(tokenizer).is_file():
         raise UserInputError(f"tokenizer model file not found: {tokenizer} (--tokenizer)")
-    written = export_module(module, format, out, tokenizer)
+    written = export_module(module, format, out, tokenizer, image_settings_from_checkpoint(checkpoint))
     print(f"exported {format} model to {written}")
 
 

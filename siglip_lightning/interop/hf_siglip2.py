@@ -12,6 +12,8 @@ tokenizer / image-processor settings; export writes all of it (see docs/NAFLEX.m
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -162,11 +164,45 @@ def export_siglip2(image_tower: NaFlexVisionTower, text_tower: TextTower, logit_
               metadata={"format": "pt"})
     (out_dir / PROCESSOR).write_text(json.dumps(
         processor_config(image_tower.patch_size, max_num_patches, image_mean, image_std), indent=2))
+    if (image_tower.patch_size, max_num_patches, text_tower.context_length) != (16, 256, 64):
+        # transformers' Siglip2Processor.__call__ puts its class defaults over the saved settings
+        warnings.warn(
+            f"exported patch_size {image_tower.patch_size}, max_num_patches {max_num_patches}, context length "
+            f"{text_tower.context_length}: AutoImageProcessor and the tokenizer read them from the folder, but "
+            "transformers' Siglip2Processor(...) applies 16 / 256 / 64 unless passed per call "
+            f"(patch_size={image_tower.patch_size}, max_num_patches={max_num_patches}, "
+            f"max_length={text_tower.context_length})")
     if tokenizer_model is not None:
         from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
 
-        save_gemma_tokenizer(tokenizer_model, out_dir, text_tower.context_length)
+        if _has_gemma_ids(tokenizer_model):
+            save_gemma_tokenizer(tokenizer_model, out_dir, text_tower.context_length)
+        else:
+            shutil.copyfile(tokenizer_model, out_dir / "spiece.model")
+            warnings.warn(f"{tokenizer_model} does not have SigLIP 2's (Gemma's) special ids (pad 0, eos 1): wrote it "
+                          "as spiece.model only, so AutoProcessor has no tokenizer; train with data.tokenizer_type=gemma")
     return out_dir
+
+
+def _has_gemma_ids(model_file) -> bool:
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(model_file))
+    return (processor.pad_id(), processor.eos_id()) == (0, 1)
+
+
+def image_settings_from_checkpoint(checkpoint: Dict) -> Dict:
+    """``export_siglip2``'s image settings from a run's datamodule record: its NaFlex eval budget, mean, std."""
+    params = checkpoint.get("datamodule_hyper_parameters") or {}
+    naflex = params.get("naflex")
+    budget = getattr(naflex, "eval_budget", None) if not isinstance(naflex, dict) else naflex.get("eval_budget")
+    if budget is None and naflex is not None:
+        budgets = naflex.get("budgets") if isinstance(naflex, dict) else getattr(naflex, "budgets", None)
+        budget = max(budgets) if budgets else None
+    out = {k: tuple(params[k]) for k in ("image_mean", "image_std") if params.get(k) is not None}
+    if budget is not None:
+        out["max_num_patches"] = int(budget)
+    return out
 
 
 # --- import -----------------------------------------------------------------------------------------

@@ -95,3 +95,47 @@ def test_cli_fits_a_naflex_model_on_varied_aspect_data(tmp_path):
     metrics = cli.trainer.callback_metrics
     for key in ("train/loss", "val/loss", "zeroshot/builtin/top1", "retrieval/builtin/image_to_text_R@1"):
         assert key in metrics and torch.isfinite(metrics[key]), sorted(metrics)
+
+
+def test_cli_fit_then_export_loads_in_transformers(tmp_path):
+    """fit -> last.ckpt -> ``siglip-lightning export --format hf`` -> AutoModel/AutoProcessor give our embeddings."""
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    from siglip_lightning.cli import cli_main, main
+    from siglip_lightning.model.module import SigLIPModule
+
+    args = ["fit", f"--config={REPO / 'configs' / 'naflex.yaml'}", *TINY_DATA, *TINY_TRAINER,
+            "--data.builtin.max_aspect=2.0", "--data.batch_size=16", "--data.num_workers=0",
+            "--data.shuffle_buffer=64", "--data.context_length=8", "--data.vocab_size=300",
+            "--data.naflex.patch_size=8", "--data.naflex.budgets=[4,9]", "--data.naflex.eval_budget=6",
+            "--model.image_tower.init_args.patch_size=8", "--model.image_tower.init_args.width=32",
+            "--model.image_tower.init_args.layers=1", "--model.text_tower.init_args.width=32",
+            "--model.text_tower.init_args.layers=1", "--model.text_tower.init_args.output_dim=32",
+            "--model.text_tower.init_args.context_length=8", "--model.text_tower.init_args.vocab_size=300",
+            "--model.warmup_steps=1", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+            "--trainer.callbacks=[]", "--trainer.callbacks+=siglip_lightning.checkpointing.ResumableCheckpoint",
+            f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.save_last=true"]
+    cli_main(args)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    main(["export", f"--ckpt_path={ckpt}", "--format=hf", f"--out={tmp_path / 'hf'}"])
+    model = SigLIPModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")
+    assert processor.image_processor.max_num_patches == 6 and processor.image_processor.patch_size == 8
+    images = [Image.new("RGB", (30, 61), (200, 40, 40)), Image.new("RGB", (70, 20), (40, 40, 220))]
+    texts = ["A red square", "a blue circle in the middle"]
+    # Siglip2Processor's call applies its class defaults (patch 16, 256 patches, 64 tokens) over the
+    # saved image processor / tokenizer settings: a model of other sizes passes them per call
+    inputs = processor(images=images, text=texts, max_length=8, patch_size=8, max_num_patches=6, return_tensors="pt")
+    alone = processor.image_processor(images=images, return_tensors="pt")  # this one reads its saved settings
+    torch.testing.assert_close(alone["pixel_values"], inputs["pixel_values"], atol=0, rtol=0)
+    assert inputs["input_ids"].shape == (2, 8) and (inputs["input_ids"] == 1).sum() == 2
+    with torch.no_grad():
+        out = hf(**inputs)
+        ours_image = model.encode_image(dict(pixel_values=inputs["pixel_values"],
+                                             pixel_attention_mask=inputs["pixel_attention_mask"],
+                                             spatial_shapes=inputs["spatial_shapes"]))
+        ours_text = model.encode_text(inputs["input_ids"])
+    torch.testing.assert_close(ours_image, out.image_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_text, out.text_embeds, atol=1e-5, rtol=1e-5)
