@@ -305,3 +305,32 @@ def load_siglip2(folder) -> Dict:
     scale, bias = logits_from_siglip2(folder)
     return {"image_tower": image_tower, "text_tower": text_tower, "logit_scale": scale, "logit_bias": bias,
             "processor": processor_from_siglip2(folder), "tokenizer": tokenizer_settings(folder, t_kwargs)}
+
+
+def finetune_settings(folder) -> Dict:
+    """The config settings (dotted keys) that fine-tune a ``Siglip2Model`` folder here as it was trained.
+
+    For the fine-tuning command's ``--pretrained`` dispatch on ``model_type: siglip2``: both towers
+    from the folder, t' and b, the NaFlex data path at the folder's patch size and budget, its mean /
+    std, and SigLIP 2's text conventions over the folder's SentencePiece model (when it ships one;
+    else ``data.tokenizer_path`` must be given).
+    """
+    folder = str(Path(folder).expanduser())
+    scale, bias = logits_from_siglip2(folder)
+    image = processor_from_siglip2(folder)
+    text_kwargs, _ = text_from_siglip2(folder)
+    model_file = Path(folder) / "tokenizer.model"
+    settings = {
+        "model.image_tower": {"class_path": "siglip_lightning.towers.pretrained_siglip2.HFSiglip2VisionTower",
+                              "init_args": {"path": folder}},
+        "model.text_tower": {"class_path": "siglip_lightning.towers.pretrained_siglip2.HFSiglip2TextTower",
+                             "init_args": {"path": folder}},
+        "model.init_logit_scale": scale, "model.init_logit_bias": bias,
+        "data.naflex": {"patch_size": image["patch_size"], "budgets": [image["max_num_patches"]],
+                        "eval_budget": image["max_num_patches"]},
+        "data.image_mean": image["image_mean"], "data.image_std": image["image_std"],
+        "data.context_length": text_kwargs["context_length"], "data.tokenizer_type": "gemma",
+    }
+    if model_file.is_file():
+        settings["data.tokenizer_path"] = str(model_file)
+    return settings

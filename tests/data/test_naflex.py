@@ -1,9 +1,13 @@
 """The NaFlex data path: transformers' resize rule, varied-aspect built-in data, batches of patches with
 per-batch budgets that a second pass (or a resumed one) draws again, and a CLI fit of a NaFlex model."""
+import json
+import os
 import random
+from typing import Optional
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.data.naflex import NaFlexSpec, grid_for_budget
@@ -139,3 +143,59 @@ def test_cli_fit_then_export_loads_in_transformers(tmp_path):
         ours_text = model.encode_text(inputs["input_ids"])
     torch.testing.assert_close(ours_image, out.image_embeds, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours_text, out.text_embeds, atol=1e-5, rtol=1e-5)
+
+
+class RecordPatches(Callback):
+    """Appends ``[global_step, ids, grid shapes]`` of every training batch to a jsonl file; may die at a step.
+
+    Args:
+        path: file to append to.
+        die_at_step: ``os._exit(17)`` right after this many optimizer steps (a killed run).
+    """
+
+    def __init__(self, path: str, die_at_step: Optional[int] = None) -> None:
+        self.path, self.die_at_step = path, die_at_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps([trainer.global_step, [int(i) for i in batch["id"]],
+                                batch["image"].spatial_shapes.tolist()]) + "\n")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.die_at_step is not None and trainer.global_step >= self.die_at_step:
+            os._exit(17)
+
+
+@pytest.mark.slow
+def test_killed_naflex_run_resumes_with_the_same_samples_and_budgets(tmp_path):
+    """Exact mid-epoch resume is unchanged by NaFlex: same samples, same per-batch budgets, same grids."""
+    from tests.conftest import run_cli, tiny_fit_args
+    from tests.data.test_cli import data_args, make_dataset
+
+    path = make_dataset(tmp_path / "data", "parquet", sizes=(20, 28))
+    naflex = ["--model.image_tower=siglip_lightning.NaFlexVisionTower", "--model.image_tower.init_args.patch_size=4",
+              "--model.image_tower.init_args.width=32", "--model.image_tower.init_args.layers=1",
+              "--model.image_tower.init_args.heads=2", "--data.naflex.patch_size=4", "--data.naflex.budgets=[4,9,16]"]
+
+    def args(root, record, *extra):
+        return tiny_fit_args(root, *data_args(path, "--data.num_workers=2", "--data.shuffle_buffer=8",
+                                              "--data.batch_size=4"), *naflex,
+                             "--trainer.max_steps=14", "--trainer.limit_val_batches=0",
+                             "--trainer.callbacks+=tests.data.test_naflex.RecordPatches",
+                             f"--trainer.callbacks.path={record}", *extra)
+
+    ckpt = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.every_n_train_steps=5",
+            "--trainer.callbacks.save_top_k=-1"]
+    full = run_cli(args(tmp_path / "a", tmp_path / "full.jsonl"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run_cli(args(tmp_path / "b", tmp_path / "killed.jsonl", "--trainer.callbacks.die_at_step=7", *ckpt))
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    checkpoint = next((tmp_path / "ckpt").glob("*step=5.ckpt"))
+    resumed = run_cli(args(tmp_path / "b", tmp_path / "resumed.jsonl", f"--ckpt_path={checkpoint}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    read = lambda name: [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]  # noqa: E731
+    uninterrupted, after = read("full.jsonl"), read("resumed.jsonl")
+    assert [row[1:] for row in after] == [row[1:] for row in uninterrupted[5:]]
+    lengths = {max(h * w for h, w in row[2]) for row in uninterrupted}
+    assert len(lengths) > 1, lengths  # several budgets were drawn

@@ -134,3 +134,47 @@ def test_export_refuses_a_fixed_resolution_tower(tmp_path):
     with pytest.raises(UserInputError, match="NaFlexVisionTower"):
         export_siglip2(VisionTower(width=32), text, torch.tensor(1.0), None, tmp_path)
     assert isinstance(PatchBatch, type)
+
+
+@pytest.mark.slow
+def test_a_siglip2_folder_fine_tunes_through_the_cli_with_its_settings(tmp_path):
+    """finetune_settings -> CLI fit on varied-aspect built-in data; at lr 0 the model still equals transformers'."""
+    import json
+
+    from transformers import Siglip2ImageProcessor
+
+    from siglip_lightning.cli import cli_main
+    from siglip_lightning.data.gemma_tokenizer import train_gemma_sentencepiece
+    from siglip_lightning.data.synthetic import ShapesSpec, make_pair
+    from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
+    from siglip_lightning.interop.hf_siglip2 import finetune_settings
+    from tests.conftest import TINY_DATA, TINY_TRAINER
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.text_config.vocab_size = 400
+    hf = Siglip2Model(config).eval()
+    perturb(hf)
+    folder = tmp_path / "siglip2"
+    hf.save_pretrained(folder)
+    Siglip2ImageProcessor(patch_size=4, max_num_patches=16).save_pretrained(folder)
+    captions = [make_pair(ShapesSpec(num_train=300), "train", i)[1] for i in range(300)]
+    save_gemma_tokenizer(train_gemma_sentencepiece(captions, tmp_path / "spm.model", 350), folder, 16)
+    settings = finetune_settings(folder)
+    assert settings["data.naflex"] == {"patch_size": 4, "budgets": [16], "eval_budget": 16}
+    args = ["fit", *TINY_DATA, *TINY_TRAINER, "--data.builtin.max_aspect=2.0", "--data.batch_size=8",
+            "--data.num_workers=0", "--model.lr=0", "--model.weight_decay=0", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
+    args += [f"--{key}={json.dumps(value) if isinstance(value, (dict, list)) else value}"
+             for key, value in settings.items()]
+    cli = cli_main(args)
+    assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    model = cli.model.eval()
+    assert float(model.logit_scale.detach()) == pytest.approx(float(hf.logit_scale.detach()))
+    inputs = hf_batch(random_images(3), 16)
+    ids = cli.datamodule.tokenizer(["a large red circle", "a small blue star in the middle"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_tower(dict(inputs)), hf.get_image_features(**inputs).pooler_output,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.text_tower(ids), hf.get_text_features(input_ids=ids).pooler_output,
+                                   atol=1e-5, rtol=1e-5)
