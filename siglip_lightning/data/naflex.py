@@ -105,6 +105,7 @@ class NaFlexTransform:
         self.budgets = sorted({int(b) for b in ([budget] if isinstance(budget, int) else budget)})
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._scale, self._offset = 1.0 / (255.0 * self.std), self.mean / self.std
         self.augment = augment
         # JPEG draft size for the stream: the short side never needs more than the square grid's side
         self.image_size = patch_size * math.ceil(math.sqrt(max(self.budgets)))
@@ -121,7 +122,8 @@ class NaFlexTransform:
 
     def finish(self, pixels: torch.Tensor) -> PatchBatch:
         """uint8 ``[3, H, W]`` (whole patches) -> one image's normalised patches."""
-        values = (pixels.float() / 255.0 - self.mean) / self.std
+        # one float copy, then in place: (x / 255 - mean) / std = x * scale - offset
+        values = pixels.float().mul_(self._scale).sub_(self._offset)
         grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
         return one_image(patchify(values, self.patch_size), grid)
 

@@ -79,15 +79,28 @@ class PatchBatch:
         length = max([pad_to] + [item.patches.shape[1] for item in items])
         rows = sum(len(item) for item in items)
         first = items[0]
-        patches = first.patches.new_zeros(rows, length, first.patches.shape[-1])
+        patches = _empty_for_transfer(first.patches, (rows, length, first.patches.shape[-1]))
         mask = torch.zeros(rows, length, dtype=torch.bool)
         row = 0
         for item in items:
             n, width = len(item), item.patches.shape[1]
             patches[row:row + n, :width] = item.patches
+            patches[row:row + n, width:] = 0
             mask[row:row + n, :width] = item.mask
             row += n
         return PatchBatch(patches, mask, torch.cat([item.spatial_shapes for item in items]))
+
+
+def _empty_for_transfer(like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker, in shared memory, so sending the batch to the
+    main process does not copy it again (what ``default_collate`` does for stacked tensors)."""
+    if torch.utils.data.get_worker_info() is None or like.device.type != "cpu":
+        return like.new_empty(shape)
+    numel = 1
+    for size in shape:
+        numel *= size
+    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    return like.new(storage).resize_(*shape)
 
 
 def as_patch_batch(inputs: Any) -> PatchBatch:
