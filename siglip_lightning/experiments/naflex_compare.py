@@ -95,13 +95,22 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=int, default=16, help="patches per image (a square number)")
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=["fixed", "naflex"], choices=["fixed", "naflex"],
+                        help="run only these arms (several processes can share the work: one --out each)")
     parser.add_argument("--max_aspect", type=float, default=2.0)
     parser.add_argument("--num_train", type=int, default=20000)
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", action="store_true", help="only redraw summary.md and plot.png of --out")
+    parser.add_argument("--merge", nargs="*", default=[], help="with --report: append these folders' results.csv first")
     options = parser.parse_args(argv)
     out = Path(options.out or f"runs/naflex_compare/{time.strftime('%Y%m%d-%H%M%S')}")
     if options.report:
+        for other in options.merge:  # runs split over several processes
+            rows = (Path(other) / "results.csv").read_text().splitlines()
+            target = out / "results.csv"
+            out.mkdir(parents=True, exist_ok=True)
+            with open(target, "a") as f:
+                f.write("\n".join(rows if not target.exists() or not target.read_text() else rows[1:]) + "\n")
         print(report(out))
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +121,7 @@ def main(argv=None) -> None:
         with open(out / "results.csv") as f:
             done = {(r["arm"], int(r["seed"])) for r in csv.DictReader(f)}
     for seed in options.seeds:
-        for arm in ("fixed", "naflex"):
+        for arm in options.arms:
             if (arm, seed) in done:
                 continue
             row = one_run(arm, seed, options, data, out)
