@@ -3,7 +3,7 @@ usable from YAML, as ``HFVisionTower`` / ``HFTextTower`` are for ``SiglipModel``
 
     model:
       image_tower:
-        class_path: siglip_lightning.towers.pretrained_siglip2.HFSiglip2VisionTower
+        class_path: siglip_lightning.HFSiglip2VisionTower
         init_args: {path: /models/siglip2-base-patch16-naflex}
 
 They are plain ``NaFlexVisionTower`` / ``TextTower`` afterwards (same keys). The data must match the
