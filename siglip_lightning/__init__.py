@@ -14,15 +14,20 @@ from siglip_lightning.towers.locked import LockedTower
 from siglip_lightning.towers.precomputed import PrecomputedImageTower
 from siglip_lightning.towers.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
 from siglip_lightning.towers import TextTower, VisionTower
+from siglip_lightning.towers.naflex import NaFlexVisionTower
+from siglip_lightning.towers.pretrained_siglip2 import HFSiglip2TextTower, HFSiglip2VisionTower
 
 __version__ = "0.1.0"
 __all__ = [
     "ChunkedSigmoidLoss",
     "ChunkedSoftmaxLoss",
     "ContrastiveLoss",
+    "HFSiglip2TextTower",
+    "HFSiglip2VisionTower",
     "HFTextTower",
     "HFVisionTower",
     "LockedTower",
+    "NaFlexVisionTower",
     "OpenCLIPTextTower",
     "OpenCLIPVisionTower",
     "PrecomputedImageTower",

@@ -13,6 +13,7 @@ from jsonargparse import CLI
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop.export import export_module, load_checkpoint, pretrained_source, tokenizer_from_checkpoint
+from siglip_lightning.interop.hf_siglip2 import image_settings_from_checkpoint
 
 
 def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]] = None,
@@ -32,7 +33,8 @@ def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]
     if format is None:
         raise UserInputError("--format is required (hf or open_clip): the run was not fine-tuned from --pretrained")
     if source is not None and format == source_format:
-        written = export_module(module, format, out, source=source)
+        written = export_module(module, format, out, source=source,
+                                image_settings=image_settings_from_checkpoint(checkpoint))
         print(f"exported {format} model with the processor of {source} to {written}")
         return
     tokenizer = tokenizer or tokenizer_from_checkpoint(checkpoint)
@@ -40,7 +42,7 @@ def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]
         warnings.warn("no tokenizer found in the checkpoint's datamodule settings: exporting weights only")
     elif not Path(tokenizer).is_file():
         raise UserInputError(f"tokenizer model file not found: {tokenizer} (--tokenizer)")
-    written = export_module(module, format, out, tokenizer)
+    written = export_module(module, format, out, tokenizer, image_settings=image_settings_from_checkpoint(checkpoint))
     print(f"exported {format} model to {written}")
 
 

@@ -13,6 +13,7 @@ import lightning as L
 import torch.distributed as dist
 
 from siglip_lightning.data.loader import StreamLoader
+from siglip_lightning.data.naflex import NaFlexSpec, naflex_pieces
 from siglip_lightning.data.mixture import (
     MixedStream, SourceSpec, check_weights, resolve_columns, sample_captions, source_specs,
 )
@@ -20,15 +21,13 @@ from siglip_lightning.data.resume import StreamProgress
 from siglip_lightning.data.sources import caption_strings, open_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
-from siglip_lightning.data.pretrained_tokenizers import pretrained_tokenizer
-from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
+from siglip_lightning.data.tokenizers import TRAINED_TYPES, check_tokenizer_type, make_tokenizer, train_tokenizer
 from siglip_lightning.data.transforms import ImageTransform
 from siglip_lightning import _compat
 from siglip_lightning.ranks import is_distributed
 from siglip_lightning.errors import UserInputError
 
 BUILTIN = "builtin"
-TOKENIZER_TYPES = ("sentencepiece", "clip", "hf", "open_clip")
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -55,9 +54,11 @@ class ImageTextDataModule(L.LightningDataModule):
         image_resize_backend: ``pil`` (fast), ``pil_exact`` (as transformers 4), ``open_clip`` or
             ``torchvision`` (as transformers 5 image processors): see ``ImageTransform``.
         context_length: tokens per caption (must match the text tower).
-        tokenizer_type: ``sentencepiece`` (SigLIP's), ``clip`` (open_clip's CLIP BPE, 49408 tokens),
-            ``hf`` (the tokenizer of the Hugging Face folder ``tokenizer_path``) or ``open_clip`` (that of
-            the open_clip model named by ``tokenizer_path``): the last two are set by ``--pretrained``.
+        tokenizer_type: ``sentencepiece`` (SigLIP's), ``gemma`` (SigLIP 2's conventions: pad id 0, EOS,
+            no BOS, over a SentencePiece model with Gemma's special ids), ``clip`` (open_clip's CLIP BPE,
+            49408 tokens), ``hf`` (the tokenizer of the Hugging Face folder ``tokenizer_path``) or
+            ``open_clip`` (that of the open_clip model named by ``tokenizer_path``): the last two are set
+            by ``--pretrained``. See ``data/tokenizers.py``.
         tokenizer_path: a SentencePiece ``.model``; ``None`` trains one on the training captions.
         vocab_size: vocabulary size when training the tokenizer (must not exceed the text tower's).
         tokenizer_train_samples: captions read to train the tokenizer.
@@ -77,6 +78,8 @@ class ImageTextDataModule(L.LightningDataModule):
         storage_options: fsspec options for remote shards (endpoint, credentials, ...).
         read_retries: failed reads in a row of one remote shard before the run stops.
         retry_backoff: seconds before the first retry of a remote read (doubled at each further one).
+        naflex: cut images at their own aspect ratio into patches within a patch budget, for a
+            ``NaFlexVisionTower`` (SigLIP 2); ``None`` resizes to ``image_size`` squares. See docs/NAFLEX.md.
     """
 
     def __init__(
@@ -94,7 +97,7 @@ class ImageTextDataModule(L.LightningDataModule):
         image_resample: Literal["bilinear", "bicubic"] = "bilinear",
         image_resize_backend: Literal["pil", "pil_exact", "open_clip", "torchvision"] = "pil",
         context_length: int = 16,
-        tokenizer_type: Literal["sentencepiece", "clip", "hf", "open_clip"] = "sentencepiece",
+        tokenizer_type: Literal["sentencepiece", "gemma", "clip", "hf", "open_clip"] = "sentencepiece",
         tokenizer_path: Optional[str] = None,
         vocab_size: int = 1024,
         tokenizer_train_samples: int = 100_000,
@@ -110,6 +113,7 @@ class ImageTextDataModule(L.LightningDataModule):
         storage_options: Optional[Dict[str, Any]] = None,
         read_retries: int = 5,
         retry_backoff: float = 1.0,
+        naflex: Optional[NaFlexSpec] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -120,12 +124,14 @@ class ImageTextDataModule(L.LightningDataModule):
         resize = dict(resample=image_resample, resize_backend=image_resize_backend)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment, **resize)
         self.eval_transform = ImageTransform(image_size, image_mean, image_std, augment=False, **resize)
+        self.collates = (collate_pairs, collate_pairs)
+        if naflex is not None:  # SigLIP 2's NaFlex: patches at the image's own aspect ratio (data/naflex.py)
+            naflex = naflex if isinstance(naflex, NaFlexSpec) else NaFlexSpec(**naflex)
+            self.image_transform, self.eval_transform, *self.collates = naflex_pieces(
+                naflex, image_mean, image_std, augment, seed)
         if not 0.0 <= val_fraction <= 0.5:
             raise UserInputError(f"data.val_fraction must be in [0, 0.5], got {val_fraction}")
-        if tokenizer_type not in TOKENIZER_TYPES:
-            raise UserInputError(f"data.tokenizer_type must be one of {TOKENIZER_TYPES}, got {tokenizer_type!r}")
-        if tokenizer_type in ("hf", "open_clip") and not tokenizer_path:
-            raise UserInputError(f"data.tokenizer_type={tokenizer_type} needs data.tokenizer_path (the model folder)")
+        check_tokenizer_type(tokenizer_type, tokenizer_path)
         self.tokenizer: Optional[Any] = None
         self._splits: Dict[int, Any] = {}
         self.progress = StreamProgress()
@@ -148,7 +154,8 @@ class ImageTextDataModule(L.LightningDataModule):
             where = [self._resolved_path(), self.specs[0].text_column]
         key = json.dumps([*where, self.hparams.vocab_size, self.hparams.tokenizer_train_samples])
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        return self.cache_dir / "tokenizers" / f"spm-{self.hparams.vocab_size}-{digest}.model"
+        kind = "gemma-" if self.hparams.tokenizer_type == "gemma" else ""
+        return self.cache_dir / "tokenizers" / f"spm-{kind}{self.hparams.vocab_size}-{digest}.model"
 
     # --- Lightning hooks ---------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -156,7 +163,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if any(s.path == BUILTIN for s in self.specs):
             _ = self.builtin_root
         model_file = self.tokenizer_file()
-        if self.hparams.tokenizer_type == "sentencepiece" and not model_file.exists():
+        if self.hparams.tokenizer_type in TRAINED_TYPES and not model_file.exists():
             if self.hparams.tokenizer_path:
                 raise UserInputError(f"tokenizer model file not found: {model_file} (data.tokenizer_path)")
             weights = check_weights([s.weight for s in self.specs])
@@ -164,17 +171,12 @@ class ImageTextDataModule(L.LightningDataModule):
                 sample_captions(self._open(i)["train"], self.specs[i], round(w * self.hparams.tokenizer_train_samples))
                 for i, w in enumerate(weights))
             strings = (c for c in caption_strings(captions) if isinstance(c, str))  # json fields may hold anything
-            train_sentencepiece(strings, model_file, self.hparams.vocab_size)
+            train_tokenizer(self.hparams.tokenizer_type, strings, model_file, self.hparams.vocab_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
-            if self.hparams.tokenizer_type == "clip":
-                self.tokenizer = ClipTokenizer(self.hparams.context_length)
-            elif self.hparams.tokenizer_type in ("hf", "open_clip"):
-                self.tokenizer = pretrained_tokenizer(self.hparams.tokenizer_type, self.hparams.tokenizer_path,
-                                                      self.hparams.context_length)
-            else:
-                self.tokenizer = SentencePieceTokenizer(self.tokenizer_file(), self.hparams.context_length)
+            self.tokenizer = make_tokenizer(self.hparams.tokenizer_type, self.hparams.tokenizer_path,
+                                            self.tokenizer_file(), self.hparams.context_length)
         self.columns = [resolve_columns(self._open(i), spec) for i, spec in enumerate(self.specs)]
         self.image_column, captions, self.id_column = self.columns[0]
         self.text_column = captions.spec if isinstance(captions.spec, str) else captions
@@ -244,7 +246,7 @@ class ImageTextDataModule(L.LightningDataModule):
             stream,
             batch_size=self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
-            collate_fn=collate_pairs,
+            collate_fn=self.collates[0 if train else 1],
             drop_last=train,
             persistent_workers=False,  # fresh workers each pass pick up the new epoch and resume point
             epoch_fn=lambda: self.trainer.current_epoch if self.trainer is not None else 0,

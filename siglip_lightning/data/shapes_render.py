@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,9 +34,11 @@ class SceneObject:
     cy: float
 
 
-def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int) -> None:
-    r = SIZES[obj.size] * side
-    cx, cy = obj.cx * side, obj.cy * side
+def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, height: Optional[int] = None) -> None:
+    """Draw ``obj`` on a ``side`` (wide) x ``height`` (default ``side``) canvas; sizes follow the short side."""
+    height = side if height is None else height
+    r = SIZES[obj.size] * min(side, height)
+    cx, cy = obj.cx * side, obj.cy * height
     fill = COLORS[obj.color]
     box = [cx - r, cy - r, cx + r, cy + r]
     if obj.shape == "circle":
@@ -67,15 +69,20 @@ def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int) -> None:
         raise ValueError(obj.shape)
 
 
-def render_scene(objects: List[SceneObject], side: int, rng: np.random.Generator) -> bytes:
-    """Draw at 4x and downsample (anti-aliasing), on a random dark background; return PNG bytes."""
-    big = side * 4
+def render_scene(objects: List[SceneObject], side: int, rng: np.random.Generator,
+                 height: Optional[int] = None) -> bytes:
+    """Draw at 4x and downsample (anti-aliasing), on a random dark background; return PNG bytes.
+
+    ``side`` x ``height`` pixels (width x height; square by default). Shapes keep their proportions
+    (a circle stays round) at any aspect ratio; positions are fractions of each side.
+    """
+    height = side if height is None else height
     background = tuple(int(v) for v in rng.integers(0, 70, size=3))
-    image = Image.new("RGB", (big, big), background)
+    image = Image.new("RGB", (side * 4, height * 4), background)
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        draw_object(draw, obj, big)
-    image = image.resize((side, side), Image.Resampling.BOX)
+        draw_object(draw, obj, side * 4, height * 4)
+    image = image.resize((side, height), Image.Resampling.BOX)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

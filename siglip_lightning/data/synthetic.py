@@ -55,6 +55,9 @@ class ShapesSpec:
             of an unrelated scene, half with one attribute changed (mimics noisy web pairs).
         num_shards: parquet shards of the training split (for node / worker sharding).
         seed: makes the whole dataset reproducible.
+        max_aspect: render each image at an aspect ratio (width / height) drawn log-uniformly in
+            [1 / max_aspect, max_aspect], with about ``image_size`` squared pixels; shapes are not distorted
+            (1: all square, the default). For NaFlex, which sees images at their own aspect ratio.
     """
 
     num_train: int = 50_000
@@ -67,6 +70,7 @@ class ShapesSpec:
     caption_noise: float = 0.0
     num_shards: int = 8
     seed: int = 0
+    max_aspect: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_colors <= len(COLORS):
@@ -75,6 +79,8 @@ class ShapesSpec:
             raise ValueError(f"num_shapes must be in 1..{len(SHAPES)}, got {self.num_shapes}")
         if not 1 <= self.max_objects <= 3:
             raise ValueError(f"max_objects must be in 1..3, got {self.max_objects}")
+        if self.max_aspect < 1.0:
+            raise ValueError(f"max_aspect must be at least 1 (1 = square images), got {self.max_aspect}")
         if not 0.0 <= self.caption_noise <= 1.0:
             raise ValueError(f"caption_noise must be in [0, 1], got {self.caption_noise}")
 
@@ -91,8 +97,19 @@ class ShapesSpec:
         return [f"{c} {s}" for c in self.colors for s in self.shapes]
 
     def fingerprint(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        if fields["max_aspect"] == 1.0:  # square data keeps the folder name it had before the option existed
+            del fields["max_aspect"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _canvas(spec: ShapesSpec, rng: np.random.Generator) -> Tuple[int, int]:
+    """(width, height) of the next image: square, or a random aspect ratio of about image_size squared pixels."""
+    if spec.max_aspect == 1.0:  # draws nothing from rng: square data is unchanged by the option
+        return spec.image_size, spec.image_size
+    aspect = float(np.exp(rng.uniform(-np.log(spec.max_aspect), np.log(spec.max_aspect))))
+    return max(8, round(spec.image_size * aspect**0.5)), max(8, round(spec.image_size / aspect**0.5))
 
 
 def _random_object(spec: ShapesSpec, rng: np.random.Generator, cx: float, cy: float) -> SceneObject:
@@ -151,7 +168,8 @@ def make_pair(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str]:
     split_id = SPLITS.index(split)
     rng = np.random.default_rng([spec.seed, split_id, index])
     objects, caption = _random_scene(spec, rng)
-    image = render_scene(objects, spec.image_size, rng)
+    width, height = _canvas(spec, rng)
+    image = render_scene(objects, width, rng, height)
     if split == "train" and rng.random() < spec.caption_noise:
         caption = _corrupt(caption, spec, rng)
     return image, caption
@@ -164,7 +182,8 @@ def make_zeroshot_example(spec: ShapesSpec, index: int) -> Tuple[bytes, int]:
     color, shape = spec.class_names[label].split(" ")
     size = list(SIZES)[rng.integers(len(SIZES))]
     obj = SceneObject(color, shape, size, 0.5 + float(rng.uniform(-0.1, 0.1)), 0.5 + float(rng.uniform(-0.1, 0.1)))
-    return render_scene([obj], spec.image_size, rng), label
+    width, height = _canvas(spec, rng)
+    return render_scene([obj], width, rng, height), label
 
 
 def _write_parquet(rows: dict, features, path: Path) -> None:

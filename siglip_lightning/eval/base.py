@@ -23,14 +23,20 @@ class EvalCallback(Callback):
         every_n_steps: also evaluate after every this many optimizer steps during fit (None: never).
         at_validation: evaluate at the end of each validation loop (fit and validate), after the
             sanity check.
+        patch_budget: for a NaFlex model (``data.naflex``), the patch budget images are cut to here
+            (default: the datamodule's ``naflex.eval_budget``); refused for fixed-size images.
     """
 
     prefix = "eval"
 
-    def __init__(self, name: str, every_n_steps: Optional[int] = None, at_validation: bool = True) -> None:
+    def __init__(self, name: str, every_n_steps: Optional[int] = None, at_validation: bool = True,
+                 patch_budget: Optional[int] = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise UserInputError(f"{type(self).__name__} {name!r}: every_n_steps must be at least 1, got {every_n_steps}")
+        if patch_budget is not None and patch_budget < 1:
+            raise UserInputError(f"{type(self).__name__} {name!r}: patch_budget must be positive, got {patch_budget}")
         self.name, self.every_n_steps, self.at_validation = name, every_n_steps, at_validation
+        self.patch_budget = patch_budget
         self.last_metrics: Dict[str, float] = {}
         self._last_step: Optional[int] = None
 
@@ -50,6 +56,11 @@ class EvalCallback(Callback):
         if tokenizer is None or transform is None:
             raise UserInputError(f"{type(self).__name__} {self.name!r} needs a datamodule with a tokenizer and an "
                                  "eval_transform (ImageTextDataModule, set up)")
+        if self.patch_budget is not None:
+            if not hasattr(transform, "with_budget"):
+                raise UserInputError(f"{type(self).__name__} {self.name!r}: patch_budget is for NaFlex models "
+                                     "(data.naflex set); this run resizes images to data.image_size squares")
+            transform = transform.with_budget(self.patch_budget)
         return tokenizer, transform
 
     def run(self, trainer: Trainer, module: LightningModule, on_step: bool) -> Dict[str, float]:

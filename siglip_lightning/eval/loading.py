@@ -13,6 +13,7 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from siglip_lightning.data.naflex import stack_images
 from siglip_lightning.data.sources import open_splits
 from siglip_lightning.data.stream import decode_image
 from siglip_lightning.errors import UserInputError
@@ -67,7 +68,7 @@ class OwnedImages(IterableDataset):
 
 def _collate(items: List[Tuple[int, torch.Tensor, int]]):
     positions, images, payloads = zip(*items)
-    return torch.tensor(positions), torch.stack(images), torch.tensor(payloads)
+    return torch.tensor(positions), stack_images(images), torch.tensor(payloads)
 
 
 @torch.no_grad()

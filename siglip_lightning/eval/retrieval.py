@@ -90,6 +90,7 @@ class Retrieval(EvalCallback):
         key_chunk: keys scored at once.
         every_n_steps: also evaluate every this many training steps (``None``: only at validation).
         at_validation: evaluate at the end of each validation loop (fit and ``validate``).
+        patch_budget: NaFlex models only: evaluate at this patch budget (default: ``data.naflex.eval_budget``).
     """
 
     prefix = "retrieval"
@@ -100,8 +101,9 @@ class Retrieval(EvalCallback):
                  language_column: Optional[str] = None, languages: Optional[List[str]] = None,
                  ks: Optional[List[int]] = None, batch_size: int = 256, max_images: Optional[int] = None,
                  num_workers: int = 0, query_chunk: int = 1024, key_chunk: int = 16384,
-                 every_n_steps: Optional[int] = None, at_validation: bool = True) -> None:
-        super().__init__(name, every_n_steps, at_validation)
+                 every_n_steps: Optional[int] = None, at_validation: bool = True,
+                 patch_budget: Optional[int] = None) -> None:
+        super().__init__(name, every_n_steps, at_validation, patch_budget)
         ks = [1, 5, 10] if ks is None else list(ks)
         if not ks or min(ks) < 1:
             raise UserInputError(f"Retrieval {name!r}: ks must be positive integers, got {ks}")

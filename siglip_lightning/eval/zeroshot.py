@@ -90,6 +90,7 @@ class ZeroShotClassification(EvalCallback):
         at_validation: evaluate at the end of each validation loop (fit and ``validate``).
         check_class_order: stop when ``class_names`` look like a reordering of the data set's own
             label names (``ClassLabel`` / imagefolder folders): the scores would be wrong.
+        patch_budget: NaFlex models only: evaluate at this patch budget (default: ``data.naflex.eval_budget``).
     """
 
     prefix = "zeroshot"
@@ -99,8 +100,8 @@ class ZeroShotClassification(EvalCallback):
                  image_column: str = "image", label_column: str = "label", split: Optional[str] = None,
                  batch_size: int = 256, max_images: Optional[int] = None, num_workers: int = 0,
                  every_n_steps: Optional[int] = None, at_validation: bool = True,
-                 check_class_order: bool = True) -> None:
-        super().__init__(name, every_n_steps, at_validation)
+                 check_class_order: bool = True, patch_budget: Optional[int] = None) -> None:
+        super().__init__(name, every_n_steps, at_validation, patch_budget)
         self.path, self.split = path, split
         # Resolve the short names now, so that a typo fails when the config is read.
         self.class_names = resolve_class_names(class_names)

@@ -3,7 +3,8 @@
 
 ``hf``: ``config.json`` + ``model.safetensors`` (+ tokenizer files: ``spiece.model``, our exact
 SentencePiece model, and a ``SiglipTokenizer`` over it), loadable with
-``transformers.SiglipModel.from_pretrained(out)``. ``open_clip``: ``open_clip_config.json`` +
+``transformers.SiglipModel.from_pretrained(out)``; a NaFlex image tower gives a ``Siglip2Model``
+folder instead (``interop/hf_siglip2.py``), with its image processor at the run's evaluation budget. ``open_clip``: ``open_clip_config.json`` +
 ``open_clip_model.safetensors``, loadable with ``open_clip.create_model("local-dir:" + out)`` after
 ``siglip_lightning.interop.openclip.register_timm_vit`` (or ``create_open_clip``, which does it).
 """
@@ -15,6 +16,8 @@ from typing import Optional, Tuple
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop import hf, openclip
+from siglip_lightning.interop.hf_siglip2 import export_siglip2
+from siglip_lightning.towers.naflex import NaFlexVisionTower
 from siglip_lightning.towers.locked import unwrap
 from siglip_lightning.model.module import SigLIPModule
 
@@ -22,15 +25,21 @@ FORMATS = ("hf", "open_clip")
 
 
 def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Optional[str] = None,
-                  source: Optional[str] = None) -> Path:
+                  source: Optional[str] = None, image_settings: Optional[dict] = None) -> Path:
     """Write ``module`` in format ``fmt`` (``hf`` or ``open_clip``) to ``out_dir``.
 
     ``source``: the checkpoint folder the run was fine-tuned from (``--pretrained``); its processor
     (tokenizer + image preprocessing) is written with the weights, so the export loads as it did.
+    ``image_settings``: for a NaFlex model, ``export_siglip2``'s ``max_num_patches`` / ``image_mean`` /
+    ``image_std`` (see :func:`~siglip_lightning.interop.hf_siglip2.image_settings_from_checkpoint`).
     """
     towers = (unwrap(module.image_tower), unwrap(module.text_tower), module.logit_scale, module.logit_bias)
     if fmt == "hf":
-        out = hf.export_hf(*towers, out_dir, tokenizer_model=None if source else tokenizer_model)
+        tokenizer = None if source else tokenizer_model
+        if isinstance(towers[0], NaFlexVisionTower):
+            out = export_siglip2(*towers, out_dir, tokenizer_model=tokenizer, **(image_settings or {}))
+        else:
+            out = hf.export_hf(*towers, out_dir, tokenizer_model=tokenizer)
         if source is not None:
             from transformers import AutoProcessor
 

@@ -7,8 +7,10 @@ merging). For the small towers trained on a CPU that bookkeeping is a visible sh
 ``in_proj_bias``, ``out_proj``) so checkpoints, exports and open_clip / transformers interop are
 unchanged, and computes batch-first attention with one packed projection and
 ``F.scaled_dot_product_attention`` (the path timm's ViT takes). Anything it does not cover
-(sequence-first layout, padding or boolean masks, returned attention weights, separate k/v
-projections or inputs) falls back to the stock forward.
+(sequence-first layout, float padding masks, boolean attention masks, returned attention weights,
+separate k/v projections or inputs) falls back to the stock forward. A boolean ``key_padding_mask``
+(True = ignore that key, torch's convention; NaFlex's padded patches) becomes an additive ``-inf``
+mask over keys, so a query never sees a padded key and its output does not depend on the padding.
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ class FusedMultiheadAttention(nn.MultiheadAttention):
                 key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if (not self.batch_first or need_weights or key_padding_mask is not None or is_causal
+        padding = key_padding_mask is not None
+        if (not self.batch_first or need_weights or (padding and key_padding_mask.dtype != torch.bool) or is_causal
+                or (padding and attn_mask is not None)
                 or not self._qkv_same_embed_dim or self.bias_k is not None or query.dim() != 3 or key is not value
                 or (attn_mask is not None and (attn_mask.dtype == torch.bool or attn_mask.dim() != 2))):
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
@@ -52,6 +56,9 @@ class FusedMultiheadAttention(nn.MultiheadAttention):
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)  # an additive [L, S] float mask (open_clip's causal mask)
+        elif padding:  # [b, S] True = padded key -> additive [b, 1, 1, S]
+            attn_mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            attn_mask = attn_mask.masked_fill_(key_padding_mask, float("-inf"))[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, length, width)

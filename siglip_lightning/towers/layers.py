@@ -2,6 +2,8 @@
 bottlenecked token embedding (mSigLIP)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from open_clip.transformer import LayerNormFp32, Transformer
 from torch import nn
@@ -35,9 +37,10 @@ class MAPHead(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``key_padding_mask``: optional bool ``[batch, tokens]``, True where a token is padding (ignored)."""
         probe = self.probe.expand(tokens.shape[0], -1, -1)
-        pooled = self.attention(probe, tokens, tokens, need_weights=False)[0]
+        pooled = self.attention(probe, tokens, tokens, key_padding_mask=key_padding_mask, need_weights=False)[0]
         pooled = pooled + self.mlp(self.norm(pooled))
         return pooled[:, 0]
 
