@@ -7,8 +7,8 @@ turns a local model folder into the run settings that achieve that, as dotted co
 defaults that anything set in a config file or on the command line overrides.
 
 One function per checkpoint family, picked by ``config.json``'s ``model_type`` (``siglip``) or by the
-presence of ``open_clip_config.json`` (``open_clip``). A new family (SigLIP 2) adds one entry to
-:data:`FAMILIES`.
+presence of ``open_clip_config.json`` (``open_clip``); SigLIP 2's NaFlex ``siglip2`` folders come from
+``interop/hf_siglip2.py``. A new family adds one entry to :data:`FAMILIES`.
 """
 from __future__ import annotations
 
@@ -138,17 +138,18 @@ def open_clip_settings(folder: Path, config: dict) -> Settings:
     }
 
 
-def _not_yet(family: str) -> Callable[[Path, dict], Settings]:
-    def refuse(folder: Path, config: dict) -> Settings:
-        raise UserInputError(f"--pretrained {folder}: model_type {family!r} is not supported yet")
-    return refuse
+def siglip2_settings(folder: Path, config: dict) -> Settings:
+    """A transformers ``Siglip2Model`` (NaFlex) folder: see ``interop/hf_siglip2.finetune_settings``."""
+    from siglip_lightning.interop.hf_siglip2 import finetune_settings
+
+    return finetune_settings(folder)
 
 
 # model_type -> settings reader. SigLIP 2 fixed-resolution releases are model_type "siglip" (SiglipModel).
 FAMILIES: Dict[str, Callable[[Path, dict], Settings]] = {
     "siglip": siglip_settings,
     "open_clip": open_clip_settings,
-    "siglip2": _not_yet("siglip2"),
+    "siglip2": siglip2_settings,
 }
 
 

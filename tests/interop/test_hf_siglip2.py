@@ -138,7 +138,8 @@ def test_export_refuses_a_fixed_resolution_tower(tmp_path):
 
 @pytest.mark.slow
 def test_a_siglip2_folder_fine_tunes_through_the_cli_with_its_settings(tmp_path):
-    """finetune_settings -> CLI fit on varied-aspect built-in data; at lr 0 the model still equals transformers'."""
+    """--pretrained FOLDER (finetune_settings) -> CLI fit on varied-aspect built-in data; at lr 0 the model
+    still equals transformers'."""
     import json
 
     from transformers import Siglip2ImageProcessor
@@ -165,9 +166,9 @@ def test_a_siglip2_folder_fine_tunes_through_the_cli_with_its_settings(tmp_path)
     args = ["fit", *TINY_DATA, *TINY_TRAINER, "--data.builtin.max_aspect=2.0", "--data.batch_size=8",
             "--data.num_workers=0", "--model.lr=0", "--model.weight_decay=0", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
-    args += [f"--{key}={json.dumps(value) if isinstance(value, (dict, list)) else value}"
-             for key, value in settings.items()]
+    args += ["--pretrained", str(folder)]  # the fine-tuning command's dispatch on model_type: siglip2
     cli = cli_main(args)
+    assert cli.datamodule.hparams.naflex is not None and cli.datamodule.hparams.tokenizer_type == "gemma"
     assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     model = cli.model.eval()
     assert float(model.logit_scale.detach()) == pytest.approx(float(hf.logit_scale.detach()))
