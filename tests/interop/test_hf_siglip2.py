@@ -140,7 +140,6 @@ def test_export_refuses_a_fixed_resolution_tower(tmp_path):
 def test_a_siglip2_folder_fine_tunes_through_the_cli_with_its_settings(tmp_path):
     """--pretrained FOLDER (finetune_settings) -> CLI fit on varied-aspect built-in data; at lr 0 the model
     still equals transformers'."""
-    import json
 
     from transformers import Siglip2ImageProcessor
 
