@@ -13,6 +13,7 @@ import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 
+from siglip_lightning.data.corruption import Corruption
 from siglip_lightning.data.loader import StreamLoader
 from siglip_lightning.data.sources import (
     ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS, caption_strings, column_names, open_splits, pick_column,
@@ -60,6 +61,8 @@ class ImageTextDataModule(L.LightningDataModule):
             (at least 50) samples it has read: the columns are wrong or the data is broken.
         builtin: knobs of the generated dataset when ``path`` is ``builtin``.
         cache_dir: where generated data and trained tokenizers go (default ~/.cache/siglip-lightning).
+        corruption: corrupt training images / texts / pairings with probability p (paper Fig. 7);
+            see ``data/corruption.py``.
     """
 
     def __init__(
@@ -87,12 +90,14 @@ class ImageTextDataModule(L.LightningDataModule):
         max_skip_fraction: float = 0.5,
         builtin: ShapesSpec = ShapesSpec(),
         cache_dir: Optional[str] = None,
+        corruption: Corruption = Corruption(),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.path = path
         self.builtin_spec = builtin if isinstance(builtin, ShapesSpec) else ShapesSpec(**builtin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_data_root()
+        self.corruption = corruption if isinstance(corruption, Corruption) else Corruption(**corruption)
         if path != BUILTIN:
             self._check_local_path(path)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment)
@@ -245,6 +250,8 @@ class ImageTextDataModule(L.LightningDataModule):
             worker, position = stream
             self._progress["positions"][int(worker)] = int(position)
             self._progress["last_worker"] = int(worker)
+        if self.corruption.active and self.trainer is not None and self.trainer.training:
+            batch = self.corruption(batch, self.trainer.global_step, self.tokenizer.vocab_size, self.tokenizer.eos_id)
         return batch
 
     def _start_epoch(self, epoch: int):
