@@ -7,7 +7,9 @@ same text tower (``configs/experiments/siglit/text_tower.yaml``) with the same m
 AdamW: the plain loop on in-memory tensors (what the removed hand-written loop did), ``fit`` as a
 sweep cell does (streaming datamodule, loggers, checkpoint callback). They alternate, twice, in
 one process, so that both see the same machine load; the first ``warmup`` steps are not timed.
-A third ``fit`` pass with Lightning's SimpleProfiler shows where the time goes.
+A third ``fit`` pass with Lightning's SimpleProfiler shows where the time goes. ``--without_skip_logs``
+adds ``fit`` passes whose batches carry no ``skipped`` counts, so that ``SigLIPModule`` makes one
+``self.log`` call per step instead of nine (measurement only: it shows what those calls cost).
 """
 from __future__ import annotations
 
@@ -79,7 +81,21 @@ class StepClock:
         self.callback = _Clock()
 
 
-def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, profiler: bool = False):
+class DropSkipCounts:
+    """Measurement only: removes the per-batch skip counts before ``training_step`` sees them."""
+
+    def __init__(self) -> None:
+        from lightning.pytorch import Callback
+
+        class _Drop(Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                batch.pop("skipped", None)
+
+        self.callback = _Drop()
+
+
+def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, profiler: bool = False,
+                drop_skip_counts: bool = False):
     """Seconds per step of ``fit`` configured as a sweep cell (no evaluation: only steps are timed)."""
     from siglip_lightning.cli import cli_main
     from siglip_lightning.experiments.runner import cell_layer
@@ -98,6 +114,8 @@ def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, 
     cli = cli_main(args, run=False)
     clock = StepClock(warmup)
     cli.trainer.callbacks.append(clock.callback)
+    if drop_skip_counts:
+        cli.trainer.callbacks.append(DropSkipCounts().callback)
     from siglip_lightning.checkpointing import ResumableCheckpoint
 
     cli.trainer.callbacks.append(ResumableCheckpoint(save_last=True, save_top_k=0, train_time_interval=timedelta(minutes=1)))
@@ -112,21 +130,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
+    parser.add_argument("--without_skip_logs", action="store_true", help="also time fit without the skip-count logs")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as a sweep cell runs (threads: 1)
     results, load = {}, []
     for batch in args.batches:
         steps = max(20, args.steps * 16 // batch) if batch > 16 else args.steps
-        plain, product = [], []
+        plain, product, lean = [], [], []
         for repeat in range(2):
             load.append(open("/proc/loadavg").read().split()[:3])
             plain.append(plain_loop(args.cache, batch, steps, args.warmup))
             product.append(product_fit(args.cache, batch, steps, args.warmup, args.out / f"b{batch}_{repeat}")[0])
+            if args.without_skip_logs:
+                lean.append(product_fit(args.cache, batch, steps, args.warmup, args.out / f"b{batch}_{repeat}_lean",
+                                        drop_skip_counts=True)[0])
         results[batch] = {"steps": steps, "plain_s_per_step": [round(p, 5) for p in plain],
                           "fit_s_per_step": [round(p, 5) for p in product],
                           "ratio": round(sum(product) / sum(plain), 2)}
+        if lean:
+            results[batch].update(fit_without_skip_logs_s_per_step=[round(p, 5) for p in lean],
+                                  ratio_without_skip_logs=round(sum(lean) / sum(plain), 2))
         print(f"batch {batch}: plain {[f'{1000 * p:.2f}' for p in plain]} ms/step, fit "
-              f"{[f'{1000 * p:.2f}' for p in product]} ms/step, ratio {results[batch]['ratio']}", flush=True)
+              f"{[f'{1000 * p:.2f}' for p in product]} ms/step, ratio {results[batch]['ratio']}; without skip logs "
+              f"{[f'{1000 * p:.2f}' for p in lean]} ms/step", flush=True)
     _, trainer = product_fit(args.cache, args.batches[0], args.steps, args.warmup, args.out / "profiled", profiler=True)
     load.append(open("/proc/loadavg").read().split()[:3])
     report = {"per_batch": results, "loadavg_during": load, "threads": 1}

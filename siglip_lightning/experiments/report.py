@@ -109,7 +109,7 @@ def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathL
     spec = config.get("report", {})
     x, series, panel = spec["x"], spec["series"], spec.get("panel")
     panels = list(dict.fromkeys(summary[panel])) if panel else [None]
-    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.2 * len(panels), 3.3 * len(metrics)),
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(max(6.0, 4.2 * len(panels)), 3.3 * len(metrics)),
                              squeeze=False)
     xs_all = sorted(set(summary[x]), key=lambda v: (isinstance(v, str), v))
     categorical = any(isinstance(v, str) for v in xs_all)
