@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Nothing here needs the network beyond pip: keep Hugging Face libraries offline.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-init-study reproduce-noise-study reproduce-forgetting test-notebooks
+.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-scratch-sweep reproduce-init-study reproduce-noise-study reproduce-forgetting test-notebooks
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -31,11 +31,16 @@ test-slow: $(STAMP)  ## the slow tests only
 test-all: $(STAMP)  ## every test
 	$(OFFLINE) $(PY) -m pytest -q
 
-# Paper reproductions (SigLiT at CPU scale, docs/RESULTS.md); QUICK=1 runs the smoke-sized variant.
-EXPERIMENT = $(OFFLINE) $(VENV)/bin/siglip-lightning experiments $(if $(QUICK),--quick,) --config
+# Paper reproductions: sweeps of ordinary `fit` runs (docs/RESULTS.md). QUICK=1: the smoke-sized variant.
+# A killed sweep restarts where it stopped with the same command. BASE="recipe.yaml fragment.yaml ..."
+# replaces the CPU SigLiT base with your own fit configs (e.g. on a cluster; docs/RESULTS.md).
+EXPERIMENT = $(OFFLINE) $(VENV)/bin/siglip-lightning experiments $(if $(QUICK),--quick,) $(if $(BASE),--base "$(BASE)",) --config
 
-reproduce-batchsize-sweep: $(STAMP)  ## batch size x {sigmoid, softmax} sweep -> runs/batchsize_sweep*/ (QUICK=1: smoke)
+reproduce-batchsize-sweep: $(STAMP)  ## batch size x {sigmoid, softmax}: 24 fit runs -> runs/batchsize_sweep*/ (QUICK=1, BASE=...)
 	$(EXPERIMENT) configs/experiments/batchsize_sweep.yaml
+
+reproduce-scratch-sweep: $(STAMP)  ## the same sweep from scratch (image + text towers) on the built-in images (QUICK=1)
+	$(EXPERIMENT) configs/experiments/scratch_sweep.yaml
 
 reproduce-init-study: $(STAMP)  ## paper Table 4: init of t' and b -> runs/init_study*/ (QUICK=1: smoke)
 	$(EXPERIMENT) configs/experiments/init_study.yaml

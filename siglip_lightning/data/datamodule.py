@@ -12,6 +12,7 @@ import datasets
 import lightning as L
 import torch.distributed as dist
 
+from siglip_lightning.data.corruption import Corruption
 from siglip_lightning.data.loader import StreamLoader
 from siglip_lightning.data.naflex import NaFlexSpec, naflex_pieces
 from siglip_lightning.data.mixture import (
@@ -80,6 +81,8 @@ class ImageTextDataModule(L.LightningDataModule):
         retry_backoff: seconds before the first retry of a remote read (doubled at each further one).
         naflex: cut images at their own aspect ratio into patches within a patch budget, for a
             ``NaFlexVisionTower`` (SigLIP 2); ``None`` resizes to ``image_size`` squares. See docs/NAFLEX.md.
+        corruption: corrupt training images / texts / pairings with probability p (paper Fig. 7);
+            see ``data/corruption.py``.
     """
 
     def __init__(
@@ -114,12 +117,14 @@ class ImageTextDataModule(L.LightningDataModule):
         read_retries: int = 5,
         retry_backoff: float = 1.0,
         naflex: Optional[NaFlexSpec] = None,
+        corruption: Corruption = Corruption(),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.path = path
         self.builtin_spec = builtin if isinstance(builtin, ShapesSpec) else ShapesSpec(**builtin)
         self.cache_dir = Path(cache_dir) if cache_dir else default_data_root()
+        self.corruption = corruption if isinstance(corruption, Corruption) else Corruption(**corruption)
         self.specs = source_specs(path, sources, image_column, text_column, id_column, BUILTIN)
         resize = dict(resample=image_resample, resize_backend=image_resize_backend)
         self.image_transform = ImageTransform(image_size, image_mean, image_std, augment=augment, **resize)
@@ -277,6 +282,8 @@ class ImageTextDataModule(L.LightningDataModule):
             self.read_retries += int(retries)
             if self.trainer.logger is not None:
                 self.trainer.logger.log_metrics({"data/read_retries": self.read_retries}, step=self.trainer.global_step)
+        if self.corruption.active and self.trainer is not None and self.trainer.training:
+            batch = self.corruption(batch, self.trainer.global_step, self.tokenizer.vocab_size, self.tokenizer.eos_id)
         return batch
 
     def _start_epoch(self, epoch: int, stream: PairStream):

@@ -2,7 +2,8 @@
 
 A source is any iterable of ``(position, raw image, payload)``; the raw image is what
 :func:`decode_image` reads (bytes, ``{"bytes", "path"}``, PIL or a file path) and the payload an
-integer carried along (the label in zero-shot classification). Every worker walks the source
+integer carried along (the label in zero-shot classification). A raw "image" that is a list of numbers
+is a cached embedding (``cache-embeddings``): it is passed to the model as it is, undecoded. Every worker walks the source
 and decodes only the positions it owns, so the share is exact with any number of ranks/workers.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from siglip_lightning.data.naflex import stack_images
 from siglip_lightning.data.sources import open_splits
-from siglip_lightning.data.stream import decode_image
+from siglip_lightning.data.stream import decode_image, is_embedding
 from siglip_lightning.errors import UserInputError
 
 EVAL_SPLITS = ("test", "validation", "val")
@@ -58,6 +59,9 @@ class OwnedImages(IterableDataset):
         slots, slot = self.world * workers, self.rank * workers + worker
         for position, raw, payload in self.source:
             if position % slots != slot:
+                continue
+            if is_embedding(raw):  # a cached image embedding (SigLiT on cache-embeddings output): as is
+                yield position, torch.as_tensor(raw, dtype=torch.float32), payload
                 continue
             try:
                 image = decode_image(raw)

@@ -1,4 +1,9 @@
-"""Summarise a results folder: mean ± std over seeds, a markdown table and a PNG plot."""
+"""Summarise a sweep folder: mean ± std over seeds, paired differences, a markdown table and a PNG plot.
+
+Reads ``results.csv`` (one row per finished cell: its axis values and the metrics its run logged,
+see ``metrics.py``); the layout comes from the sweep config's ``report`` part: ``x``, ``series``
+(one line each), optional ``panel``, ``logx``, ``chance`` and ``paper`` (text printed under the table).
+"""
 from __future__ import annotations
 
 import os
@@ -13,11 +18,11 @@ LABELS = {"r1_mean": "retrieval R@1, % (mean of i→t and t→i)", "zeroshot_top
           "r1_i2t": "R@1 image→text, %", "r1_t2i": "R@1 text→image, %"}
 
 
+SEED = "seed"
+
+
 def load_results(folder: os.PathLike) -> pd.DataFrame:
-    frame = pd.read_csv(Path(folder) / "results.csv")
-    if "error" in frame:
-        frame = frame[frame["error"].isna()]
-    return frame
+    return pd.read_csv(Path(folder) / "results.csv")
 
 
 def share_baseline(frame: pd.DataFrame, panel: Optional[str]) -> pd.DataFrame:
@@ -39,19 +44,37 @@ def summarise(frame: pd.DataFrame, keys: List[str], metrics: List[str]) -> pd.Da
 
 
 def _keys(config: dict) -> List[str]:
-    plot = config.get("plot", {})
+    plot = config.get("report", {})
     return [k for k in (plot.get("panel"), plot.get("x"), plot.get("series")) if k]
 
 
-def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str]) -> str:
+def paired_differences(frame: pd.DataFrame, config: dict, metric: str = "r1_mean") -> dict:
+    """``{(panel, x) or (x,): [sigmoid − softmax per shared seed]}`` when the series are the two losses."""
+    plot = config.get("report", {})
+    x, series, panel = plot["x"], plot["series"], plot.get("panel")
+    if SEED not in frame or metric not in frame or not {"sigmoid", "softmax"} <= set(frame[series]):
+        return {}
+    out = {}
+    keys = ([panel] if panel else []) + [x]
+    for values, block in frame.groupby(keys, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        by = block.set_index([series, SEED])[metric]
+        seeds = sorted(set(block[block[series] == "sigmoid"][SEED]) & set(block[block[series] == "softmax"][SEED]))
+        out[values] = [float(by[("sigmoid", s)] - by[("softmax", s)]) for s in seeds]
+    return out
+
+
+def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str], paired: Optional[dict] = None) -> str:
     """Rows: (panel, x); columns: each series' metrics as mean ± std; a sigmoid − softmax gap if both."""
-    plot = config.get("plot", {})
+    plot = config.get("report", {})
     x, series, panel = plot["x"], plot["series"], plot.get("panel")
     names = list(dict.fromkeys(summary[series]))
     header = ([panel] if panel else []) + [x] + [f"{m} {s}" for m in metrics for s in names]
     gap = {"sigmoid", "softmax"} <= set(names)
     if gap:
         header += [f"{m} sigmoid − softmax" for m in metrics]
+    if paired:
+        header.append(f"per-seed {metrics[0]} sigmoid − softmax")
     header.append("seeds")
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     row_keys = ([panel] if panel else []) + [x]
@@ -68,6 +91,8 @@ def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str]) -> s
                     cells.append(f"{by.loc['sigmoid', m + '_mean'] - by.loc['softmax', m + '_mean']:+.1f}")
                 else:
                     cells.append("–")
+        if paired:
+            cells.append(", ".join(f"{d:+.1f}" for d in paired.get(values, [])) or "–")
         cells.append(str(int(by["n"].min())))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -81,10 +106,10 @@ def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathL
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = config.get("plot", {})
+    spec = config.get("report", {})
     x, series, panel = spec["x"], spec["series"], spec.get("panel")
     panels = list(dict.fromkeys(summary[panel])) if panel else [None]
-    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.2 * len(panels), 3.3 * len(metrics)),
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(max(6.0, 4.2 * len(panels)), 3.3 * len(metrics)),
                              squeeze=False)
     xs_all = sorted(set(summary[x]), key=lambda v: (isinstance(v, str), v))
     categorical = any(isinstance(v, str) for v in xs_all)
@@ -121,16 +146,25 @@ def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathL
 def write_report(folder: os.PathLike, config: Optional[dict] = None) -> Path:
     """``summary.csv``, ``summary.md`` and ``plot.png`` next to ``results.csv``."""
     folder = Path(folder)
-    config = config or yaml.safe_load((folder / "config.yaml").read_text())
+    if config is None:
+        name = "sweep.yaml" if (folder / "sweep.yaml").exists() else "config.yaml"
+        config = yaml.safe_load((folder / name).read_text())
     frame = load_results(folder)
     if frame.empty:
         raise RuntimeError(f"no successful runs in {folder / 'results.csv'}")
-    metrics = [m for m in ("r1_mean", "r1_i2t", "r1_t2i", "zeroshot_top1", "final_t", "seconds") if m in frame]
-    frame = share_baseline(frame, config.get("plot", {}).get("panel"))
+    config = config or {}
+    if "report" not in config and "plot" in config:  # results folders written before the runner
+        config = {**config, "report": config["plot"]}
+    metrics = [m for m in ("r1_mean", "r1_i2t", "r1_t2i", "zeroshot_top1", "final_t", "final_b", "steps", "seconds")
+               if m in frame]
+    frame = share_baseline(frame, config.get("report", {}).get("panel"))
     summary = summarise(frame, _keys(config), metrics)
     summary.to_csv(folder / "summary.csv", index=False)
-    table = markdown_table(summary, config, PLOT_METRICS)
+    shown = [m for m in PLOT_METRICS if m in frame]
+    table = markdown_table(summary, config, shown, paired_differences(frame, config))
     note = "QUICK run (smoke-sized; not the documented result)\n\n" if config.get("quick") else ""
-    (folder / "summary.md").write_text(f"# {config.get('name', 'grid')}\n\n{note}{table}")
-    plot(summary, config, PLOT_METRICS, folder / "plot.png")
+    paper = config.get("report", {}).get("paper")
+    paper = f"\n{paper.strip()}\n" if paper else ""
+    (folder / "summary.md").write_text(f"# {config.get('name', 'sweep')}\n\n{note}{table}{paper}")
+    plot(summary, config, shown, folder / "plot.png")
     return folder

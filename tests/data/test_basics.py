@@ -78,6 +78,15 @@ def test_tokenizer_lowercases_and_pads_with_eos(tmp_path):
     assert long[0, -1].item() == tok.eos_id  # truncated captions still end with EOS
 
 
+def test_tokenizer_matches_sentencepiece_batch_encoding(tmp_path):
+    captions = [make_pair(ShapesSpec(caption_noise=0.5), "train", i)[1] for i in range(400)]
+    model = train_sentencepiece(captions[:300], tmp_path / "spm.model", vocab_size=100)
+    tok = SentencePieceTokenizer(model, context_length=64)
+    texts = captions[300:] + ["UNSEEN Words, here!", ""]
+    expected = tok.processor.encode([t.lower() for t in texts])  # the library's own batch path
+    assert tok.encode(texts) == [ids + [tok.eos_id] for ids in expected]
+
+
 def test_tokenizer_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(UserInputError, match="tokenizer model file not found"):
         SentencePieceTokenizer(tmp_path / "nope.model")

@@ -1,176 +1,173 @@
-"""The reproduction machinery: corruption, evaluation, grid expansion, summaries, and a tiny grid."""
+"""The sweep machinery: grid expansion (steps, lr rule, formulas), corruption, reports, committed configs."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from siglip_lightning.data.corruption import Corruption
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.experiments.grid import expand_grid, load_config
-from siglip_lightning.experiments.report import markdown_table, summarise, write_report
-from siglip_lightning.experiments.textrun import corrupt_batch, evaluate, resolve_bias
+from siglip_lightning.experiments.metrics import final_metrics
+from siglip_lightning.experiments.report import markdown_table, paired_differences, summarise, write_report
+from siglip_lightning.experiments.sweep import expand, load_sweep, nested
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
 
 
-def test_resolve_bias():
-    assert resolve_bias("neglog", 256) == pytest.approx(-math.log(256))
-    assert resolve_bias("paper", 16) == -10.0
-    assert resolve_bias(0, 16) == 0.0 and resolve_bias(None, 16) is None
+def _sweep(tmp_path, text: str, base: str = "trainer: {devices: 1}\n", quick: bool = False) -> dict:
+    (tmp_path / "base.yaml").write_text(base)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: [{tmp_path / 'base.yaml'}]\n" + text)
+    return load_sweep(path, quick=quick)
 
 
-def test_corruption_probabilities_and_kinds():
-    g = torch.Generator().manual_seed(0)
+def test_steps_lr_rule_warmup_and_formulas(tmp_path):
+    config = _sweep(tmp_path, """
+examples: 4096
+lr: {base: 0.003, ref_batch: 256, rule: sqrt}
+warmup_fraction: 0.05
+axes:
+  global_batch: [16, 1024]
+  loss:
+    sigmoid: {model.init_logit_bias: "=-log(batch)"}
+    softmax: {model.loss: {class_path: siglip_lightning.SoftmaxLoss}}
+  seed: {keys: [seed_everything, data.seed], values: [0, 1]}
+""")
+    cells = expand(config)
+    assert len(cells) == 8 and len({c.name for c in cells}) == 8
+    by = {(c.values["global_batch"], c.values["loss"], c.values["seed"]): c for c in cells}
+    small = by[(16, "sigmoid", 1)].overrides
+    assert small["trainer.max_steps"] == 256 and small["data.batch_size"] == 16
+    assert small["model.lr"] == pytest.approx(0.003 * math.sqrt(16 / 256))
+    assert small["model.warmup_steps"] == round(0.05 * 256)
+    assert small["model.init_logit_bias"] == pytest.approx(-math.log(16))
+    assert small["seed_everything"] == small["data.seed"] == 1
+    assert by[(1024, "softmax", 0)].overrides["trainer.max_steps"] == 4
+    assert "model.init_logit_bias" not in by[(1024, "softmax", 0)].overrides
+    # seed-major order (an interrupted sweep holds whole curves), longest cells first within a seed
+    assert [c.values["seed"] for c in cells] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert cells[0].steps == 256 and cells[-1].steps == 4
+    assert nested({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+
+
+def test_global_batch_is_split_over_devices_and_exclude(tmp_path):
+    config = _sweep(tmp_path, """
+examples: 1024
+axes:
+  global_batch: [32]
+  kind: {keys: [data.corruption.kind], values: [none, image]}
+  p: {keys: [data.corruption.p], values: [0.0, 0.5]}
+exclude:
+  - {kind: none, p: 0.5}
+  - {kind: image, p: 0.0}
+""", base="trainer: {devices: 2, num_nodes: 2}\n")
+    cells = expand(config)
+    assert sorted((c.values["kind"], c.values["p"]) for c in cells) == [("image", 0.5), ("none", 0.0)]
+    assert all(c.overrides["data.batch_size"] == 8 and c.steps == 32 for c in cells)
+    bad = _sweep(tmp_path, "examples: 64\naxes: {global_batch: [6]}\n", base="trainer: {devices: 4}\n")
+    with pytest.raises(UserInputError, match="not divisible by the 4 devices"):
+        expand(bad)
+
+
+def test_bad_sweep_configs_are_refused(tmp_path):
+    with pytest.raises(UserInputError, match="unknown keys"):
+        _sweep(tmp_path, "axes: {a: [1]}\nfoo: 1\n")
+    with pytest.raises(UserInputError, match="base config not found"):
+        (tmp_path / "s.yaml").write_text("base: [nope.yaml]\naxes: {a: [1]}\n")
+        load_sweep(tmp_path / "s.yaml")
+    with pytest.raises(UserInputError, match="list of positive numbers"):
+        expand(_sweep(tmp_path, "axes: {global_batch: [0]}\n"))
+    with pytest.raises(UserInputError, match="lr.rule"):
+        expand(_sweep(tmp_path, "examples: 64\nlr: {base: 1, rule: cubic}\naxes: {global_batch: [8]}\n"))
+    with pytest.raises(UserInputError, match="cannot evaluate"):
+        expand(_sweep(tmp_path, "axes: {x: {a: {model.lr: '=nope(batch)'}}}\n"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_committed_sweeps_expand(config):
+    for quick in (False, True):
+        cells = expand(load_sweep(config, quick=quick))
+        assert cells and all(c.steps and c.steps >= 64 for c in cells)
+
+
+def test_corruption_kinds_probabilities_and_determinism(tmp_path):
     n, L, vocab = 4000, 16, 50
     images = F.normalize(torch.randn(n, 8), dim=-1)
     texts = torch.arange(n).unsqueeze(1).repeat(1, L) % vocab
-    bank = torch.full((7, 8), 3.0)
-    same_i, same_t = corrupt_batch(images, texts, "none", 0.9, bank, vocab, 1, g)
-    assert same_i is images and same_t is texts
-    new_i, new_t = corrupt_batch(images, texts, "image", 0.3, bank, vocab, 1, g)
-    replaced = (new_i == 3.0).all(1)
-    assert abs(replaced.float().mean().item() - 0.3) < 0.04 and torch.equal(new_t, texts)
-    assert torch.equal(new_i[~replaced], images[~replaced])
-    new_i, new_t = corrupt_batch(images, texts, "text", 0.5, bank, vocab, 1, g)
-    changed = (new_t != texts).any(1)
-    assert abs(changed.float().mean().item() - 0.5) < 0.05 and torch.equal(new_i, images)
-    assert (new_t[changed][:, -1] == 1).all()  # random captions end with EOS (the pooled token)
-    new_i, new_t = corrupt_batch(images, texts, "pairing", 0.5, bank, vocab, 1, g)
-    # a permutation of the texts: same multiset of rows, about half of them moved
-    assert sorted(map(tuple, new_t.tolist())) == sorted(map(tuple, texts.tolist()))
-    moved = (new_t != texts).any(1).float().mean().item()
-    assert 0.4 < moved < 0.55
+    batch = {"image": images, "text": texts, "id": torch.arange(n)}
+    assert Corruption("none", 0.9)(batch, 0, vocab, 1) is batch
+    bank_dir = tmp_path / "noise"
+    bank_dir.mkdir()
+    from siglip_lightning.commands.cache_embeddings import write_shard
+
+    write_shard(bank_dir / "noise-00000.parquet", [0, 1], ["noise"] * 2, torch.full((2, 8), 3.0))
+    out = Corruption("image", 0.3, str(bank_dir))(batch, 5, vocab, 1)
+    replaced = (out["image"] == 3.0).all(1)
+    assert abs(replaced.float().mean().item() - 0.3) < 0.04 and torch.equal(out["text"], texts)
+    assert torch.equal(out["image"][~replaced], images[~replaced]) and torch.equal(out["id"], batch["id"])
+    again = Corruption("image", 0.3, str(bank_dir))(batch, 5, vocab, 1)
+    assert torch.equal(again["image"], out["image"])  # a function of (seed, step): exact on resume
+    assert not torch.equal(Corruption("image", 0.3, str(bank_dir))(batch, 6, vocab, 1)["image"], out["image"])
+    out = Corruption("text", 0.5)(batch, 0, vocab, 1)
+    changed = (out["text"] != texts).any(1)
+    assert abs(changed.float().mean().item() - 0.5) < 0.05 and torch.equal(out["image"], images)
+    assert (out["text"][changed][:, -1] == 1).all()  # random captions end with EOS (the pooled token)
+    out = Corruption("pairing", 0.5)(batch, 0, vocab, 1)
+    assert sorted(map(tuple, out["text"].tolist())) == sorted(map(tuple, texts.tolist()))
+    assert 0.4 < (out["text"] != texts).any(1).float().mean().item() < 0.55
+    pixels = torch.zeros(1000, 3, 4, 4)
+    noisy = Corruption("image", 0.5)({"image": pixels, "text": texts[:1000]}, 0, vocab, 1)["image"]
+    hit = (noisy != 0).flatten(1).any(1)
+    assert 0.44 < hit.float().mean().item() < 0.56 and noisy.min() >= -1 and noisy.max() <= 1
+    with pytest.raises(UserInputError, match="noise_embeddings"):
+        Corruption("image", 0.5)(batch, 0, vocab, 1)
+    with pytest.raises(UserInputError, match="kind must be one of"):
+        Corruption("labels", 0.5)
 
 
-class _OneHotText:
-    """Stands in for a trained module: embeds a caption by its first token, one-hot."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-
-    def eval(self):
-        return self
-
-    def train(self):
-        return self
-
-    def encode_text(self, tokens):
-        return F.one_hot(tokens[:, 0], self.dim).float()
+def test_final_metrics_from_a_csv_log(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,train/t,retrieval/h/image_to_text_R@1,retrieval/h/text_to_image_R@1,zeroshot/s/top1,"
+        "retrieval/h/en/image_to_text_R@1\n"
+        "0,49,10.5,,,,\n0,99,12.25,,,,\n0,99,,0.4,0.5,0.25,0.9\n")
+    assert final_metrics(tmp_path) == {"r1_i2t": 40.0, "r1_t2i": 50.0, "r1_mean": 45.0, "zeroshot_top1": 25.0,
+                                       "final_t": 12.25}
 
 
-def test_evaluate_retrieval_and_zeroshot_against_hand_counts():
-    dim, n = 12, 10
-    first = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 8])  # the last two captions are identical
-    tokens = torch.stack([first, torch.ones(n, dtype=torch.long)], 1)
-    images = F.one_hot(torch.tensor([0, 1, 2, 3, 4, 5, 6, 9, 8, 8]), dim).float()  # image 7 matches nothing
-    prompt = torch.stack([torch.tensor([0, 0, 1, 1, 2, 2]), torch.ones(6, dtype=torch.long)], 1)  # 3 classes x 2 templates
-    zs_images = F.one_hot(torch.tensor([0, 1, 2, 2]), dim).float()
-    data = {"eval_image": images, "eval_text": tokens, "prompt_text": prompt, "class_names": ["a", "b", "c"],
-            "num_templates": 2, "zeroshot_image": zs_images, "zeroshot_label": torch.tensor([0, 1, 2, 0])}
-    metrics = evaluate(_OneHotText(dim), data)
-    # image->text: 9 of 10 right (images 8 and 9 both retrieve a caption equal to theirs)
-    assert metrics["r1_i2t"] == pytest.approx(90.0)
-    # text->image: caption 7 (token 7) matches no image; ties pick the first, still "equal caption"
-    assert metrics["r1_t2i"] == pytest.approx(90.0)
-    assert metrics["zeroshot_top1"] == pytest.approx(75.0)
+def _frame():
+    rows = []
+    for batch, gap in ((16, 2.0), (256, 0.0)):
+        for seed in (0, 1, 2):
+            rows.append({"global_batch": batch, "loss": "sigmoid", "seed": seed, "r1_mean": 40 + gap + seed,
+                         "zeroshot_top1": 20.0})
+            rows.append({"global_batch": batch, "loss": "softmax", "seed": seed, "r1_mean": 40 + 2 * seed,
+                         "zeroshot_top1": 21.0})
+    return pd.DataFrame(rows)
 
 
-def test_expand_grid_orders_by_seed_and_shares_the_clean_run():
-    runs = expand_grid({"corruption": ["image", "text"], "corruption_p": [0.0, 0.5], "loss": ["sigmoid"],
-                        "seed": [1, 0]})
-    assert len(runs) == 6  # per seed: one p=0 run ("none") shared by both kinds, and two corrupted ones
-    assert [r["seed"] for r in runs] == [0, 0, 0, 1, 1, 1]
-    assert sum(r["corruption"] == "none" for r in runs) == 2
+def test_summary_paired_differences_and_table():
+    config = {"report": {"x": "global_batch", "series": "loss"}}
+    frame = _frame()
+    summary = summarise(frame, ["global_batch", "loss"], ["r1_mean", "zeroshot_top1"])
+    row = summary[(summary.global_batch == 16) & (summary.loss == "sigmoid")].iloc[0]
+    assert row.r1_mean_mean == pytest.approx(43.0) and row.r1_mean_std == pytest.approx(1.0) and row.n == 3
+    paired = paired_differences(frame, config)
+    assert paired[(16,)] == [2.0, 1.0, 0.0] and paired[(256,)] == [0.0, -1.0, -2.0]
+    table = markdown_table(summary, config, ["r1_mean", "zeroshot_top1"], paired)
+    line = next(l for l in table.splitlines() if l.startswith("| 16 |"))
+    assert "43.0 ± 1.0" in line and "+1.0" in line and "+2.0, +1.0, +0.0" in line and line.endswith("| 3 |")
 
 
-def test_summary_and_table_match_numpy(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = [{"batch_size": b, "loss": l, "seed": s, "r1_mean": rng.normal(30, 3), "r1_i2t": 1.0, "r1_t2i": 1.0,
-             "zeroshot_top1": rng.normal(20, 2), "final_t": 10.0, "seconds": 1.0}
-            for b in (16, 256) for l in ("sigmoid", "softmax") for s in range(3)]
-    frame = pd.DataFrame(rows)
-    summary = summarise(frame, ["batch_size", "loss"], ["r1_mean", "zeroshot_top1"])
-    sel = frame[(frame.batch_size == 16) & (frame.loss == "sigmoid")].r1_mean.to_numpy()
-    row = summary[(summary.batch_size == 16) & (summary.loss == "sigmoid")].iloc[0]
-    assert row.r1_mean_mean == pytest.approx(sel.mean()) and row.r1_mean_std == pytest.approx(sel.std(ddof=1))
-    config = {"name": "t", "plot": {"x": "batch_size", "series": "loss", "logx": True}}
-    table = markdown_table(summary, config, ["r1_mean"])
-    other = frame[(frame.batch_size == 16) & (frame.loss == "softmax")].r1_mean.mean()
-    assert f"{sel.mean() - other:+.1f}" in table.splitlines()[2]
-    frame.to_csv(tmp_path / "results.csv", index=False)
+def test_write_report_makes_table_and_plot(tmp_path):
+    _frame().to_csv(tmp_path / "results.csv", index=False)
+    config = {"name": "t", "report": {"x": "global_batch", "series": "loss", "logx": True, "chance": 2.0,
+                                      "paper": "Paper: numbers."}}
     write_report(tmp_path, config)
-    assert (tmp_path / "plot.png").stat().st_size > 1000 and "sigmoid − softmax" in (tmp_path / "summary.md").read_text()
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_experiment_configs_parse(path):
-    for quick in (False, True):
-        config = load_config(path, quick=quick)
-        assert expand_grid(config["grid"]) and config["plot"]["x"] and config["plot"]["series"]
-
-
-def test_bad_config_is_a_clear_error(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("grid: {seed: [0]}\nsetpu: {}\n")
-    with pytest.raises(UserInputError, match="setpu"):
-        load_config(bad)
-    with pytest.raises(UserInputError, match="not found"):
-        load_config(tmp_path / "missing.yaml")
-
-
-TINY = """
-name: tiny
-workers: 1
-setup: {num_train: 600, num_eval: 64, pretrain_pairs: 600, pretrain_steps: 3, pretrain_batch: 32,
-        noise_images: 8, zeroshot_per_class: 1}
-run: {examples: 256, text_width: 32}
-grid:
-  batch_size: [16, 64]
-  loss: [sigmoid, softmax]
-  seed: [0]
-plot: {x: batch_size, series: loss, logx: true}
-"""
-
-
-def _run_experiment(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "siglip_lightning", "experiments", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=1200)
-
-
-def test_tiny_grid_writes_its_files(tmp_path):
-    """The whole path (render, tokenizer, image tower, cache, text runs, report) on tiny sizes."""
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    result = _run_experiment(["--config", "tiny.yaml", "--out", "out"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "out"
-    frame = pd.read_csv(out / "results.csv")
-    assert len(frame) == 4 and set(frame.loss) == {"sigmoid", "softmax"}
-    assert (frame.steps == 256 // frame.batch_size).all()
-    assert frame.r1_mean.between(0, 100).all() and frame.zeroshot_top1.between(0, 100).all()
-    assert (out / "plot.png").stat().st_size > 1000 and "| 16 |" in (out / "summary.md").read_text()
-    # sigmoid runs start from b = -log(B)
-    sig = frame[frame.loss == "sigmoid"].set_index("batch_size")
-    assert sig.loc[16, "init_bias"] == pytest.approx(-math.log(16), abs=1e-3)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["batchsize_sweep", "init_study", "noise_study"])
-def test_quick_studies_write_their_files(name, tmp_path):
-    """``make reproduce-<study> QUICK=1`` equivalent: the quick grid runs and writes CSV, table, plot."""
-    config = REPO / "configs" / "experiments" / f"{name}.yaml"
-    result = _run_experiment(["--config", str(config), "--quick", "--out", "out"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "out"
-    frame = pd.read_csv(out / "results.csv")
-    assert len(frame) == len(expand_grid(load_config(config, quick=True)["grid"]))
-    assert (out / "plot.png").stat().st_size > 1000 and "QUICK" in (out / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "Paper: numbers." in text and "per-seed r1_mean" in text
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

@@ -1,0 +1,164 @@
+"""Per-step cost of a sweep cell run by ``fit`` against a plain PyTorch loop doing the same maths.
+
+    python -m siglip_lightning.experiments.overhead CACHE [--batches 16 256] [--steps 300]
+
+``CACHE`` is a SigLiT cache folder the sweep built (``.../siglit/cache-*``). Both paths train the
+same text tower (``configs/experiments/siglit/text_tower.yaml``) with the same module, loss and
+AdamW: the plain loop on in-memory tensors (what the removed hand-written loop did), ``fit`` as a
+sweep cell does (streaming datamodule, loggers, checkpoint callback). They alternate, twice, in
+one process, so that both see the same machine load; the first ``warmup`` steps are not timed.
+A third ``fit`` pass with Lightning's SimpleProfiler shows where the time goes. ``--without_skip_logs``
+adds ``fit`` passes whose batches carry no ``skipped`` counts, so that ``SigLIPModule`` makes one
+``self.log`` call per step instead of nine (measurement only: it shows what those calls cost).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "configs" / "experiments" / "siglit" / "text_tower.yaml"
+
+
+def plain_loop(cache: Path, batch: int, steps: int, warmup: int) -> float:
+    """Seconds per step of a bare loop: index in-memory tensors, loss, backward, AdamW, schedule."""
+    import pyarrow.parquet as pq
+
+    from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+    from siglip_lightning.losses import SigmoidLoss
+    from siglip_lightning.model.module import SigLIPModule
+    from siglip_lightning.model.optim import warmup_cosine
+    from siglip_lightning.towers import PrecomputedImageTower, TextTower
+
+    files = sorted((cache / "pairs").glob("train-*.parquet"))
+    table = [pq.read_table(f).to_pydict() for f in files]
+    images = torch.tensor([e for t in table for e in t["embedding"]])
+    tokenizer = SentencePieceTokenizer(cache / "tokenizer.model", 16)
+    texts = tokenizer([c for t in table for c in t["text"]])
+    towers = yaml.safe_load(BASE.read_text())["model"]["text_tower"]["init_args"]
+    module = SigLIPModule(PrecomputedImageTower(64), TextTower(**towers), SigmoidLoss(), lr=3e-3,
+                          warmup_steps=steps // 20, total_steps=steps)
+    optimizer = torch.optim.AdamW(module.parameter_groups(), betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps // 20, steps, 0.0))
+    order = torch.randperm(images.shape[0])
+    for step in range(steps + warmup):
+        if step == warmup:
+            start = time.perf_counter()
+        idx = order[(step * batch) % (images.shape[0] - batch):][:batch]
+        loss = module.compute_loss({"image": images[idx], "text": texts[idx]})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss.item()
+    return (time.perf_counter() - start) / steps
+
+
+class StepClock:
+    """A callback timing training steps ``warmup + 1 ..`` (Lightning's own per-step work included)."""
+
+    def __init__(self, warmup: int) -> None:
+        from lightning.pytorch import Callback
+
+        clock = self
+
+        class _Clock(Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if trainer.global_step == warmup:
+                    clock.start = time.perf_counter()
+
+            def on_train_end(self, trainer, module):
+                clock.end = time.perf_counter()
+                clock.steps = trainer.global_step - warmup
+
+        self.callback = _Clock()
+
+
+class DropSkipCounts:
+    """Measurement only: removes the per-batch skip counts before ``training_step`` sees them."""
+
+    def __init__(self) -> None:
+        from lightning.pytorch import Callback
+
+        class _Drop(Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                batch.pop("skipped", None)
+
+        self.callback = _Drop()
+
+
+def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, profiler: bool = False,
+                drop_skip_counts: bool = False):
+    """Seconds per step of ``fit`` configured as a sweep cell (no evaluation: only steps are timed)."""
+    from siglip_lightning.cli import cli_main
+    from siglip_lightning.experiments.runner import cell_layer
+    from siglip_lightning.experiments.sweep import Cell
+
+    total = steps + warmup
+    cell = Cell("overhead", {}, {"data.batch_size": batch, "trainer.max_steps": total, "model.warmup_steps": total // 20,
+                                 "data.path": str(cache / "pairs"), "data.tokenizer_path": str(cache / "tokenizer.model"),
+                                 "trainer.limit_val_batches": 0}, batch, total)
+    folder.mkdir(parents=True, exist_ok=True)
+    layer = folder / "cell.yaml"
+    layer.write_text(yaml.safe_dump(cell_layer(cell, folder, evaluate_at_end=False)))
+    args = ["--config", str(BASE), "--config", str(layer)]
+    if profiler:
+        args += ["--trainer.profiler=simple"]
+    cli = cli_main(args, run=False)
+    clock = StepClock(warmup)
+    cli.trainer.callbacks.append(clock.callback)
+    if drop_skip_counts:
+        cli.trainer.callbacks.append(DropSkipCounts().callback)
+    from siglip_lightning.checkpointing import ResumableCheckpoint
+
+    cli.trainer.callbacks.append(ResumableCheckpoint(save_last=True, save_top_k=0, train_time_interval=timedelta(minutes=1)))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return (clock.end - clock.start) / clock.steps, cli.trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cache", type=Path)
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 256])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
+    parser.add_argument("--without_skip_logs", action="store_true", help="also time fit without the skip-count logs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as a sweep cell runs (threads: 1)
+    results, load = {}, []
+    for batch in args.batches:
+        steps = max(20, args.steps * 16 // batch) if batch > 16 else args.steps
+        plain, product, lean = [], [], []
+        for repeat in range(2):
+            load.append(open("/proc/loadavg").read().split()[:3])
+            plain.append(plain_loop(args.cache, batch, steps, args.warmup))
+            product.append(product_fit(args.cache, batch, steps, args.warmup, args.out / f"b{batch}_{repeat}")[0])
+            if args.without_skip_logs:
+                lean.append(product_fit(args.cache, batch, steps, args.warmup, args.out / f"b{batch}_{repeat}_lean",
+                                        drop_skip_counts=True)[0])
+        results[batch] = {"steps": steps, "plain_s_per_step": [round(p, 5) for p in plain],
+                          "fit_s_per_step": [round(p, 5) for p in product],
+                          "ratio": round(sum(product) / sum(plain), 2)}
+        if lean:
+            results[batch].update(fit_without_skip_logs_s_per_step=[round(p, 5) for p in lean],
+                                  ratio_without_skip_logs=round(sum(lean) / sum(plain), 2))
+        print(f"batch {batch}: plain {[f'{1000 * p:.2f}' for p in plain]} ms/step, fit "
+              f"{[f'{1000 * p:.2f}' for p in product]} ms/step, ratio {results[batch]['ratio']}; without skip logs "
+              f"{[f'{1000 * p:.2f}' for p in lean]} ms/step", flush=True)
+    _, trainer = product_fit(args.cache, args.batches[0], args.steps, args.warmup, args.out / "profiled", profiler=True)
+    load.append(open("/proc/loadavg").read().split()[:3])
+    report = {"per_batch": results, "loadavg_during": load, "threads": 1}
+    print(json.dumps(report, indent=1))
+    (args.out / "overhead.json").write_text(json.dumps(report, indent=1))
+    print(trainer.profiler.summary()[:6000])
+
+
+if __name__ == "__main__":
+    main()
