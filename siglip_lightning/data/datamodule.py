@@ -1,16 +1,12 @@
 """LightningDataModule that streams any Hugging Face image-text dataset."""
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
-import datasets
 import lightning as L
-import torch.distributed as dist
 
 from siglip_lightning.data.corruption import Corruption
 from siglip_lightning.data.loader import StreamLoader
@@ -18,14 +14,15 @@ from siglip_lightning.data.naflex import NaFlexSpec, naflex_pieces
 from siglip_lightning.data.mixture import (
     MixedStream, SourceSpec, check_weights, resolve_columns, sample_captions, source_specs,
 )
-from siglip_lightning.data.resume import StreamProgress
-from siglip_lightning.data.sources import caption_strings, open_splits
+from siglip_lightning.data.resume import StreamProgress, gather_from_ranks
+from siglip_lightning.data.sources import caption_strings, image_root, open_undecoded_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
-from siglip_lightning.data.tokenizers import TRAINED_TYPES, check_tokenizer_type, make_tokenizer, train_tokenizer
+from siglip_lightning.data.tokenizers import (
+    TRAINED_TYPES, check_tokenizer_type, make_tokenizer, train_tokenizer, trained_tokenizer_file,
+)
 from siglip_lightning.data.transforms import ImageTransform
 from siglip_lightning import _compat
-from siglip_lightning.ranks import is_distributed
 from siglip_lightning.errors import UserInputError
 
 BUILTIN = "builtin"
@@ -157,10 +154,8 @@ class ImageTextDataModule(L.LightningDataModule):
         where = [[self._resolved_path(i), s.text_column, s.weight] for i, s in enumerate(self.specs)]
         if len(self.specs) == 1:
             where = [self._resolved_path(), self.specs[0].text_column]
-        key = json.dumps([*where, self.hparams.vocab_size, self.hparams.tokenizer_train_samples])
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        kind = "gemma-" if self.hparams.tokenizer_type == "gemma" else ""
-        return self.cache_dir / "tokenizers" / f"spm-{kind}{self.hparams.vocab_size}-{digest}.model"
+        return trained_tokenizer_file(self.cache_dir, self.hparams.tokenizer_type, self.hparams.vocab_size,
+                                      [*where, self.hparams.tokenizer_train_samples])
 
     # --- Lightning hooks ---------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -188,15 +183,8 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _open(self, index: int = 0):
         if index not in self._splits:
-            splits = open_splits(self._resolved_path(index), self.hparams.storage_options, self.hparams.read_retries,
-                                 self.hparams.retry_backoff)
-            # Decode images ourselves, so that a bad file is a counted skip, not a crash.
-            for name, stream in splits.items():
-                features = stream.features or {}
-                for column, feature in features.items():
-                    if isinstance(feature, datasets.Image):
-                        splits[name] = splits[name].cast_column(column, datasets.Image(decode=False))
-            self._splits[index] = splits
+            self._splits[index] = open_undecoded_splits(self._resolved_path(index), self.hparams.storage_options,
+                                                        self.hparams.read_retries, self.hparams.retry_backoff)
         return self._splits[index]
 
     def raw_split_names(self) -> list:
@@ -234,16 +222,8 @@ class ImageTextDataModule(L.LightningDataModule):
             shuffle_buffer=self.hparams.shuffle_buffer if train else 0, rank=rank, world_size=world,
             holdout=self._holdout(train) if split == "train" else None, id_column=id_column,
             min_image_side=self.hparams.min_image_side, max_image_pixels=self.hparams.max_image_pixels,
-            max_skip_fraction=self.hparams.max_skip_fraction, image_root=self._image_root(index),
+            max_skip_fraction=self.hparams.max_skip_fraction, image_root=image_root(self._resolved_path(index)),
         )
-
-    def _image_root(self, index: int = 0) -> Optional[str]:
-        """Where relative image paths of a local jsonl/csv point: the folder of the file(s)."""
-        local = os.path.expanduser(self._resolved_path(index))
-        if os.path.isdir(local):
-            return local
-        parent = os.path.dirname(local)
-        return parent if parent and not any(c in parent for c in "*?[") and os.path.isdir(parent) else None
 
     def _loader(self, split: str, train: bool) -> StreamLoader:
         stream = self._stream(split, train)
@@ -301,16 +281,7 @@ class ImageTextDataModule(L.LightningDataModule):
         return limit != float("inf") and done >= limit
 
     def state_dict(self) -> Dict[str, Any]:
-        _, world = self._rank()
-
-        def gather(mine):
-            if world > 1 and is_distributed():
-                ranks = [None] * world
-                dist.all_gather_object(ranks, mine)  # every rank saves; rank 0's file needs all positions
-                return ranks
-            return [mine]
-
-        return self.progress.state_dict(self._epoch_consumed(), gather)
+        return self.progress.state_dict(self._epoch_consumed(), gather_from_ranks)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.progress.load_state_dict(state)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
 from siglip_lightning.errors import UserInputError
+from siglip_lightning.ranks import world_size
 
 VERSION = 2
 
@@ -112,3 +114,13 @@ class StreamProgress:
             for ranked in generation["ranks"]:
                 ranked["positions"] = {int(k): int(v) for k, v in ranked["positions"].items()}
         self.pending = state
+
+
+def gather_from_ranks(mine: Any) -> list:
+    """Every rank's ``mine``, in rank order (every rank saves; rank 0's file needs all positions)."""
+    world = world_size()
+    if world == 1:
+        return [mine]
+    ranks = [None] * world
+    dist.all_gather_object(ranks, mine)
+    return ranks

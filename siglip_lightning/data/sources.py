@@ -123,3 +123,24 @@ def iter_shard(stream: datasets.IterableDataset, index: int, chunk: int = 64) ->
         keys = list(batch)
         for row in zip(*(batch[k] for k in keys)):
             yield dict(zip(keys, row))
+
+
+def open_undecoded_splits(path: str, storage_options: Optional[dict] = None, read_retries: int = 5,
+                          retry_backoff: float = 1.0) -> Dict[str, datasets.IterableDataset]:
+    """:func:`open_splits` with image columns left as bytes: the stream decodes them itself, so that a
+    bad file is a counted skip, not a crash."""
+    splits = open_splits(path, storage_options, read_retries, retry_backoff)
+    for name, stream in list(splits.items()):
+        for column, feature in (stream.features or {}).items():
+            if isinstance(feature, datasets.Image):
+                splits[name] = splits[name].cast_column(column, datasets.Image(decode=False))
+    return splits
+
+
+def image_root(path: str) -> Optional[str]:
+    """Where relative image paths of a local jsonl/csv point: the folder of the file(s)."""
+    local = os.path.expanduser(path)
+    if os.path.isdir(local):
+        return local
+    parent = os.path.dirname(local)
+    return parent if parent and not any(c in parent for c in "*?[") and os.path.isdir(parent) else None

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -44,3 +46,10 @@ def make_tokenizer(tokenizer_type: str, tokenizer_path: Optional[str], model_fil
     if tokenizer_type == "gemma":
         return GemmaStyleTokenizer(model_file, context_length)
     return SentencePieceTokenizer(model_file, context_length)
+
+
+def trained_tokenizer_file(cache_dir: Path, tokenizer_type: str, vocab_size: int, key: list) -> Path:
+    """Where a trained tokenizer is cached: one file per (data, caption fields, vocabulary, sample) ``key``."""
+    digest = hashlib.sha1(json.dumps([*key[:-1], vocab_size, key[-1]]).encode()).hexdigest()[:12]
+    kind = "gemma-" if tokenizer_type == "gemma" else ""
+    return Path(cache_dir) / "tokenizers" / f"spm-{kind}{vocab_size}-{digest}.model"
