@@ -25,7 +25,7 @@ from tests.conftest import REPO, run_cli
 CONFIGS = REPO / "configs"
 WORLD = 4
 # Every top-level config is a recipe checked here, or says why it is not.
-CHECKED = ["siglip_b16", "siglit", "siglit_precomputed", "msiglip", "resolution_adapt"]
+CHECKED = ["siglip_b16", "siglit", "siglit_precomputed", "msiglip", "resolution_adapt", "finetune_hf", "naflex"]
 NOT_RECIPES = {
     "quickstart": "one CPU process by design (make train)",
     "eval_coco": "validate-only: no training loss",
@@ -128,4 +128,8 @@ def test_recipe_trains_on_the_global_batch(recipe, tmp_path, request):
     extra = []
     if recipe == "siglit_precomputed":
         extra = [f"--data.path={request.getfixturevalue('precomputed_cache')}"]
+    if recipe == "finetune_hf":  # a tiny released-checkpoint folder made with transformers
+        from tests.helpers.pretrained_factory import make_hf_siglip
+
+        extra = ["--pretrained", str(make_hf_siglip(tmp_path / "tiny-siglip"))]
     check_global(run_recipe(recipe, tmp_path, *extra))
