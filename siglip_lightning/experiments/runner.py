@@ -151,7 +151,7 @@ def run_cells(config: dict, out: Path, prepared: Optional[dict] = None, workers:
         f"({workers} at a time, {threads} thread(s) each) -> {out}", flush=True)
     running: List[CellRun] = []
     started = time.time()
-    total_todo = len(todo)
+    total_todo, done_steps = len(todo), 0
 
     def launch(cell: Cell, folder: Path, state: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,10 @@ def run_cells(config: dict, out: Path, prepared: Optional[dict] = None, workers:
                                                             indent=1, default=str))
                 rows.append(row)
                 finished = total_todo - len(todo) - len(running)
-                eta = (time.time() - started) / max(1, finished) * (len(todo) + len(running))
+                # by steps (a step's fixed cost dominates these small cells), not by cells
+                done_steps += run.cell.steps or 1
+                left = sum(c.steps or 1 for c, _, _ in todo) + sum((r.cell.steps or 1) / 2 for r in running)
+                eta = (time.time() - started) / done_steps * left
                 shown = ", ".join(f"{k} {row[k]:.1f}" for k in ("r1_mean", "zeroshot_top1") if k in row)
                 say(f"  done   {run.cell.name} in {seconds:.0f} s: {shown}  [{finished}/{total_todo}, "
                     f"~{eta / 60:.0f} min left]", flush=True)

@@ -199,3 +199,24 @@ def test_killed_naflex_run_resumes_with_the_same_samples_and_budgets(tmp_path):
     assert [row[1:] for row in after] == [row[1:] for row in uninterrupted[5:]]
     lengths = {max(h * w for h, w in row[2]) for row in uninterrupted}
     assert len(lengths) > 1, lengths  # several budgets were drawn
+
+
+def test_eval_callbacks_cut_images_at_their_patch_budget_and_refuse_it_for_squares():
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from siglip_lightning.data.naflex import NaFlexTransform
+    from siglip_lightning.data.transforms import ImageTransform
+    from siglip_lightning.eval import Retrieval, ZeroShotClassification
+
+    image = Image.new("RGB", (90, 30))
+    naflex = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=object(), eval_transform=NaFlexTransform(4, 16)))
+    _, transform = ZeroShotClassification(patch_budget=48).data_tools(naflex)
+    assert transform(image).spatial_shapes.tolist() == [[4, 12]]  # 48 patches at 1:3
+    assert Retrieval(name="r").data_tools(naflex)[1](image).spatial_shapes.tolist() == [[2, 6]]  # eval budget 16
+    squares = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=object(), eval_transform=ImageTransform(32)))
+    with pytest.raises(UserInputError, match="patch_budget is for NaFlex models"):
+        Retrieval(name="r", patch_budget=16).data_tools(squares)
+    with pytest.raises(UserInputError, match="patch_budget must be positive"):
+        Retrieval(name="r", patch_budget=0)
