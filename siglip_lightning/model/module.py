@@ -135,6 +135,7 @@ class SigLIPModule(L.LightningModule):
         self._last_step_end: Optional[float] = None  # samples/s: when the current interval began
         self._samples_since = 0  # and how many samples (all ranks) it has seen
         self._grads_zeroed = False
+        self._skipped: Dict[str, int] = {}  # bad samples of this epoch, by reason
         freeze_controlled(self)
 
     # --- t', b and norms stay float32 under bf16-true / 16-true (model/precision.py) ----------------
@@ -208,9 +209,18 @@ class SigLIPModule(L.LightningModule):
             if self.logit_bias is not None:
                 self.log("train/b", self.logit_bias.detach(), prog_bar=True)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr)
+        # Bad samples skipped by the data, summed over the epoch and logged at its end: eight self.log
+        # calls a step cost more than a small model's step (tests/experiments overhead measurement).
         for reason, count in batch.get("skipped", {}).items():
-            self.log(f"data/skipped_{reason}", float(count), reduce_fx="sum", on_step=False, on_epoch=True)
+            self._skipped[reason] = self._skipped.get(reason, 0) + int(count)
         return step_loss
+
+    def on_train_epoch_start(self) -> None:
+        self._skipped = {}
+
+    def on_train_epoch_end(self) -> None:
+        for reason, count in self._skipped.items():
+            self.log(f"data/skipped_{reason}", float(count))
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         if self._grads_zeroed:  # by training_step, before gradient caching filled them: keep them
