@@ -19,6 +19,8 @@ A sweep config (``configs/experiments/*.yaml``) has:
 - ``prepare``: a stage that builds what the cells read, e.g. ``{siglit: {...}}`` (see ``siglit.py``);
 - ``report``: ``x``, ``series``, ``panel``, ``logx``, ``chance``, ``paper`` (see ``report.py``);
 - ``workers`` / ``threads``: cells run at once / torch threads each; ``checkpoint_every`` ("h:m:s");
+- ``evaluate``: ``end`` (default: one validation, so one run of the eval callbacks, after the last
+  step) or ``base`` (keep the base config's validation schedule);
 - ``quick``: the same keys, replacing the above under ``--quick`` (a smoke-sized sweep).
 
 A value that is a string starting with ``=`` is a formula of ``batch`` (global), ``steps`` and
@@ -43,7 +45,7 @@ import yaml
 from siglip_lightning.errors import UserInputError
 
 TOP_KEYS = {"name", "description", "base", "set", "axes", "exclude", "examples", "lr", "warmup_fraction", "prepare",
-            "report", "workers", "threads", "checkpoint_every", "quick"}
+            "report", "workers", "threads", "checkpoint_every", "evaluate", "quick"}
 LR_RULES = {"sqrt": math.sqrt, "linear": lambda r: r, "constant": lambda r: 1.0}
 _FORMULA_NAMES = {"log": math.log, "sqrt": math.sqrt, "exp": math.exp, "min": min, "max": max, "round": round}
 
