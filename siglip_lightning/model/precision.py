@@ -5,7 +5,7 @@ Under ``precision: bf16-true`` (or 16-true, or XLA's bf16) Lightning converts th
 spacing is 0.0625, so AdamW steps of ~1e-3 round away: t' and b would never move, nor would
 LayerNorm gains near 1.0 (spacing 0.0078). The module's ``to`` / ``half`` / ``bfloat16`` call
 :func:`keep_float32` around the conversion so that those parameters keep their float32 values
-(moved to the new device). The norms compute in float32 (``LayerNormFp32``), and t' and b enter the
+(moved to the new device). The norms compute in at least float32 (``towers/layers.LayerNorm``), and t' and b enter the
 losses as 0-dim tensors, which do not change the dtype of the bfloat16 logits.
 """
 from __future__ import annotations

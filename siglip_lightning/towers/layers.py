@@ -5,10 +5,25 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from open_clip.transformer import LayerNormFp32, Transformer
+import torch.nn.functional as F
+from open_clip.transformer import Transformer
 from torch import nn
 
 from siglip_lightning.towers.attention import FusedMultiheadAttention
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in at least float32, and in the parameters' dtype when that is wider, then cast
+    back to the input's dtype: bf16 activations meet the float32 gains that ``model/precision.py`` keeps,
+    float64 tests stay float64, float32 runs are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compute = torch.promote_types(x.dtype, torch.float32)
+        if self.weight is not None:
+            compute = torch.promote_types(compute, self.weight.dtype)
+        weight = None if self.weight is None else self.weight.to(compute)
+        bias = None if self.bias is None else self.bias.to(compute)
+        return F.layer_norm(x.to(compute), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class GELUTanh(nn.GELU):
@@ -33,7 +48,7 @@ class MAPHead(nn.Module):
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
         self.attention = FusedMultiheadAttention(width, heads, batch_first=True)
-        self.norm = LayerNormFp32(width, eps=norm_eps)
+        self.norm = LayerNorm(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
 

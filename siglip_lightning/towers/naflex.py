@@ -13,11 +13,11 @@ from functools import partial
 from typing import Any, Optional
 
 import torch
-from open_clip.transformer import LayerNorm, Transformer
+from open_clip.transformer import Transformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from siglip_lightning.towers.layers import GELUTanh, MAPHead, use_fused_attention
+from siglip_lightning.towers.layers import GELUTanh, LayerNorm, MAPHead, use_fused_attention
 from siglip_lightning.towers.patches import PatchBatch, as_patch_batch
 
 

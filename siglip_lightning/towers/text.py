@@ -6,9 +6,9 @@ from functools import partial
 from typing import Optional
 
 import torch
-from open_clip.transformer import LayerNormFp32, TextTransformer
+from open_clip.transformer import TextTransformer
 
-from siglip_lightning.towers.layers import BottleneckEmbedding, GELUTanh, use_fused_attention
+from siglip_lightning.towers.layers import BottleneckEmbedding, GELUTanh, LayerNorm, use_fused_attention
 
 
 class TextTower(TextTransformer):
@@ -56,7 +56,7 @@ class TextTower(TextTransformer):
             proj_type="linear",
             proj_bias=True,
             act_layer=GELUTanh,
-            norm_layer=partial(LayerNormFp32, eps=norm_eps),
+            norm_layer=partial(LayerNorm, eps=norm_eps),
         )
         self.transformer.grad_checkpointing = grad_checkpointing
         use_fused_attention(self.transformer)

@@ -10,10 +10,10 @@ from functools import partial
 from typing import Optional
 
 import torch
-from open_clip.transformer import LayerNormFp32, Transformer
+from open_clip.transformer import Transformer
 from torch import nn
 
-from siglip_lightning.towers.layers import GELUTanh, MAPHead, use_fused_attention
+from siglip_lightning.towers.layers import GELUTanh, LayerNorm, MAPHead, use_fused_attention
 
 
 class VisionTower(nn.Module):
@@ -58,7 +58,7 @@ class VisionTower(nn.Module):
         num_tokens = self.grid_size**2 + (1 if pool_type == "tok" else 0)
         self.class_token = nn.Parameter(torch.zeros(1, 1, width)) if pool_type == "tok" else None
         self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5)
-        norm = partial(LayerNormFp32, eps=norm_eps)
+        norm = partial(LayerNorm, eps=norm_eps)
         self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=GELUTanh, norm_layer=norm)
         self.transformer.grad_checkpointing = grad_checkpointing
         use_fused_attention(self.transformer)
