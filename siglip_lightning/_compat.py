@@ -94,6 +94,13 @@ def foreach_norm(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
     return torch._foreach_norm(tensors)
 
 
+def shared_memory_empty(like: torch.Tensor, numel: int) -> torch.Tensor:
+    """An uninitialised 1-D tensor of ``like``'s dtype in shared memory, as ``default_collate`` makes in a
+    DataLoader worker so that the batch is not copied again on its way to the main process
+    (NaFlex batches, towers/patches.py)."""
+    return like.new(like._typed_storage()._new_shared(numel, device=like.device))
+
+
 def hard_exit(code: int) -> None:
     """End the process now, without running exit handlers: a hung thread may hold locks that a
     normal exit would wait on forever (checkpointing/watchdog.py)."""

@@ -64,3 +64,9 @@ def test_lightning_internals_in_a_fit():
     assert _compat.attached_trainer(BoringModel()) is None
     assert _compat.cli_hyperparameters() is None  # outside LightningCLI
     assert not _compat.is_subprocess_launcher(trainer.strategy.launcher)
+
+
+def test_shared_memory_empty_is_shared_and_sized():
+    like = torch.zeros(3, dtype=torch.float16)
+    out = _compat.shared_memory_empty(like, 12)
+    assert out.shape == (12,) and out.dtype == torch.float16 and out.is_shared()

@@ -12,19 +12,21 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, Union
 
 import sentencepiece as spm
-import torch
 
 from siglip_lightning.atomic_files import atomic_path
+from siglip_lightning.data.tokenizer import SentencePieceTokenizer
 from siglip_lightning.errors import UserInputError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID, MASK = 0, 1, 2, 3, "<mask>"
 
 
-class GemmaStyleTokenizer:
+class GemmaStyleTokenizer(SentencePieceTokenizer):
     """Captions -> ``[n, context_length]`` ids: lower-cased, EOS appended, no BOS, padded with id 0.
+
+    The encoding is ``SentencePieceTokenizer``'s; only the pad id differs (0, where SigLIP pads with EOS).
 
     Args:
         model_path: a SentencePiece ``.model`` with Gemma's special ids (see :func:`train_gemma_sentencepiece`).
@@ -32,39 +34,12 @@ class GemmaStyleTokenizer:
     """
 
     def __init__(self, model_path: Union[str, os.PathLike], context_length: int = 64) -> None:
-        if not Path(model_path).is_file():
-            raise UserInputError(f"tokenizer model file not found: {model_path}")
-        if context_length < 2:
-            raise UserInputError(f"context_length must be at least 2, got {context_length}")
-        self.model_path, self.context_length = str(model_path), context_length
-        self.processor = spm.SentencePieceProcessor(model_file=self.model_path)
+        super().__init__(model_path, context_length)
         if (self.processor.pad_id(), self.processor.eos_id()) != (PAD_ID, EOS_ID):
             raise UserInputError(
                 f"{model_path} has pad id {self.processor.pad_id()} and eos id {self.processor.eos_id()}; SigLIP 2 "
                 "(Gemma) conventions need 0 and 1: train it with data.tokenizer_type=gemma")
         self.pad_id, self.eos_id = PAD_ID, EOS_ID
-
-    @property
-    def vocab_size(self) -> int:
-        return self.processor.get_piece_size()
-
-    def encode(self, texts: Sequence[str]) -> List[List[int]]:
-        pieces = self.processor.encode([t.lower() for t in texts])
-        return [ids[: self.context_length - 1] + [self.eos_id] for ids in pieces]
-
-    def __call__(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        for row, ids in enumerate(self.encode(texts)):
-            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
-
-    def __getstate__(self) -> dict:  # the processor is a C++ object: workers reload it from the path
-        return {"model_path": self.model_path, "context_length": self.context_length}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
 
 
 def train_gemma_sentencepiece(captions: Iterable[str], model_path: Union[str, os.PathLike],

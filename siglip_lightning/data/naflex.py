@@ -132,7 +132,7 @@ class NaFlexTransform:
             image = to_rgb(image)
         if self.augment:
             rng = rng or random
-            image = image.crop(ImageTransform._crop_box(image.size, rng))
+            image = image.crop(ImageTransform.crop_box(image.size, rng))
             if rng.random() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)

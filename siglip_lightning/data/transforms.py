@@ -48,7 +48,7 @@ class ImageTransform:
         self.augment = augment
 
     @staticmethod
-    def _crop_box(size: Tuple[int, int], rng: random.Random) -> Tuple[int, int, int, int]:
+    def crop_box(size: Tuple[int, int], rng: random.Random) -> Tuple[int, int, int, int]:
         w, h = size
         scale = rng.uniform(0.8, 1.0)
         cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
@@ -60,7 +60,7 @@ class ImageTransform:
         if image.mode != "RGB" and self.resize_backend != "open_clip":
             image = to_rgb(image)
         rng = rng or random
-        box = self._crop_box(image.size, rng) if self.augment else None
+        box = self.crop_box(image.size, rng) if self.augment else None
         if self.resize_backend == "torchvision":
             tensor = self._torchvision_resize(image.crop(box) if box is not None else image)
         else:

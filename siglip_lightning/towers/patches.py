@@ -17,6 +17,8 @@ from typing import Any, List, Mapping, Sequence, Tuple
 
 import torch
 
+from siglip_lightning import _compat
+
 
 @dataclass
 class PatchBatch:
@@ -99,8 +101,7 @@ def _empty_for_transfer(like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Ten
     numel = 1
     for size in shape:
         numel *= size
-    storage = like._typed_storage()._new_shared(numel, device=like.device)
-    return like.new(storage).resize_(*shape)
+    return _compat.shared_memory_empty(like, numel).resize_(*shape)
 
 
 def as_patch_batch(inputs: Any) -> PatchBatch:
