@@ -75,7 +75,7 @@ class CellRun:
     """One running ``fit`` process."""
 
     def __init__(self, cell: Cell, folder: Path, args: List[str], env: Dict[str, str]) -> None:
-        self.cell, self.folder, self.started = cell, folder, time.time()
+        self.cell, self.folder, self.started, self.args, self.env = cell, folder, time.time(), args, env
         self.log = (folder / "fit.log").open("a")
         self.log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(args)}\n")
         self.log.flush()
@@ -95,6 +95,15 @@ class CellRun:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.log.close()
+
+
+def evaluate_checkpoint(run: CellRun) -> None:
+    """``siglip-lightning validate`` of a cell's ``last.ckpt`` with the cell's own configs (logs to its folder)."""
+    with (run.folder / "fit.log").open("a") as log:
+        args = ["validate", *run.args[1:]]
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(args)}\n")
+        log.flush()
+        subprocess.run(fit_command() + args, stdout=log, stderr=subprocess.STDOUT, env=run.env, check=False)
 
 
 def cell_state(cell: Cell, folder: Path) -> str:
@@ -182,8 +191,14 @@ def run_cells(config: dict, out: Path, prepared: Optional[dict] = None, workers:
                     say(f"  FAILED {run.cell.name} (exit {code}); the end of {run.folder / 'fit.log'}:\n    "
                         + "\n    ".join(tail), flush=True)
                     continue
+                metrics = final_metrics(run.folder)
+                if "--ckpt_path" in run.args and not any(k in metrics for k in ("r1_mean", "zeroshot_top1")):
+                    # killed after its last checkpoint but before its evaluation: the resumed fit had no step
+                    # left to run, so evaluate that checkpoint with the same configs
+                    evaluate_checkpoint(run)
+                    metrics = final_metrics(run.folder)
                 row = {**run.cell.values, "cell": run.cell.name, "steps": run.cell.steps,
-                       "lr": run.cell.overrides.get("model.lr"), **final_metrics(run.folder),
+                       "lr": run.cell.overrides.get("model.lr"), **metrics,
                        "seconds": round(seconds, 1)}
                 (run.folder / RESULT).write_text(json.dumps({"fingerprint": run.cell.fingerprint(), "row": row},
                                                             indent=1, default=str))
