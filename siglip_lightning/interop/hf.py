@@ -140,15 +140,15 @@ def export_hf(image_tower: VisionTower, text_tower: TextTower, logit_scale: torc
     return out_dir
 
 
-def read_hf_folder(folder) -> Tuple[Dict, Dict[str, torch.Tensor]]:
-    """(config dict, state dict) of a local ``SiglipModel`` folder."""
+def read_hf_folder(folder, model_type: str = "siglip") -> Tuple[Dict, Dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a local Hugging Face folder of ``model_type`` (``SiglipModel``: siglip)."""
     folder = Path(folder).expanduser()
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserInputError(f"not a Hugging Face model folder: {config_file} not found")
     config = json.loads(config_file.read_text())
-    if config.get("model_type") != "siglip":
-        raise UserInputError(f"{config_file} has model_type {config.get('model_type')!r}, expected 'siglip'")
+    if config.get("model_type") != model_type:
+        raise UserInputError(f"{config_file} has model_type {config.get('model_type')!r}, expected {model_type!r}")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UserInputError(f"no .safetensors weights in {folder}")

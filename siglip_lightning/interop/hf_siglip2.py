@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from siglip_lightning.errors import UserInputError
+from siglip_lightning.interop.hf import read_hf_folder
 from siglip_lightning.interop.keys import (
     HF_BLOCK, dense_text_state, linear_pairs, load_exact, norm_eps, split_qkv, text_shape,
 )
@@ -208,20 +209,7 @@ def image_settings_from_checkpoint(checkpoint: Dict) -> Dict:
 # --- import -----------------------------------------------------------------------------------------
 def read_siglip2_folder(folder) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     """(config dict, state dict) of a local ``Siglip2Model`` folder."""
-    folder = Path(folder).expanduser()
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise UserInputError(f"not a Hugging Face model folder: {config_file} not found")
-    config = json.loads(config_file.read_text())
-    if config.get("model_type") != MODEL_TYPE:
-        raise UserInputError(f"{config_file} has model_type {config.get('model_type')!r}, expected {MODEL_TYPE!r}")
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise UserInputError(f"no .safetensors weights in {folder}")
-    state: Dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    return config, state
+    return read_hf_folder(folder, MODEL_TYPE)
 
 
 def _vision_config(config: Dict) -> Dict:
