@@ -52,10 +52,10 @@ class SentencePieceTokenizer:
     def __call__(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        for row, ids in enumerate(self.encode(texts)):
-            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
+        # padded in Python, then one tensor: a tensor op per caption cost more than encoding it
+        pad, length = self.pad_id, self.context_length
+        rows = [ids + [pad] * (length - len(ids)) for ids in self.encode(texts)]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), length)
 
     # The processor is a C++ object: pickle the path (DataLoader workers, spawn) and reload.
     def __getstate__(self) -> dict:
