@@ -41,6 +41,12 @@ def check_towers_match_data(module: "SigLIPModule", datamodule: Any) -> None:
         data_value = data.get(key)
         if tower_value is not None and data_value is not None and tower_value != data_value:
             raise UserInputError(f"data.{key} is {data_value} but {tower_key} is {tower_value}: make them equal")
+    naflex = data.get("naflex")
+    if naflex is not None:  # NaFlex batches are patches cut by the data: their side must be the tower's
+        data_patch = naflex.get("patch_size") if isinstance(naflex, dict) else getattr(naflex, "patch_size", None)
+        if data_patch is not None and image.patch_size is not None and data_patch != image.patch_size:
+            raise UserInputError(f"data.naflex.patch_size is {data_patch} but model.image_tower.init_args.patch_size "
+                                 f"is {image.patch_size}: make them equal")
 
 
 class SigLIPModule(L.LightningModule):

@@ -9,6 +9,7 @@ checked on it:
 - ``image_size``: side in pixels of the square images an image tower takes.
 - ``context_length``: tokens per caption a text tower takes.
 - ``vocab_size``: ids a text tower can embed (the tokenizer's vocabulary must fit in it).
+- ``patch_size``: side in pixels of an image tower's patches (NaFlex data cuts patches of that side).
 
 Wrappers (``LockedTower``) are looked through, so a locked tower has its inner tower's contract.
 """
@@ -22,7 +23,7 @@ from torch import nn
 
 from siglip_lightning.towers.locked import unwrap
 
-CONTRACT = ("output_dim", "image_size", "context_length", "vocab_size")
+CONTRACT = ("output_dim", "image_size", "context_length", "vocab_size", "patch_size")
 
 
 @runtime_checkable
@@ -42,6 +43,7 @@ class TowerSpec:
     image_size: Optional[int] = None
     context_length: Optional[int] = None
     vocab_size: Optional[int] = None
+    patch_size: Optional[int] = None
 
 
 def spec_of(tower: nn.Module) -> TowerSpec:

@@ -101,6 +101,18 @@ def test_cli_fits_a_naflex_model_on_varied_aspect_data(tmp_path):
         assert key in metrics and torch.isfinite(metrics[key]), sorted(metrics)
 
 
+def test_cli_refuses_naflex_patches_of_another_size_than_the_towers_before_training(tmp_path):
+    from siglip_lightning.cli import cli_main
+
+    args = ["fit", f"--config={REPO / 'configs' / 'naflex.yaml'}", *TINY_DATA, *TINY_TRAINER,
+            "--data.builtin.max_aspect=2.0", "--data.batch_size=16", "--data.num_workers=0",
+            "--data.naflex.patch_size=4", "--data.naflex.budgets=[4,9]", "--data.naflex.eval_budget=9",
+            "--model.image_tower.init_args.patch_size=8", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false"]
+    with pytest.raises(UserInputError, match=r"data.naflex.patch_size is 4 but model.image_tower.init_args.patch_size is 8"):
+        cli_main(args)
+
+
 def test_cli_fit_then_export_loads_in_transformers(tmp_path):
     """fit -> last.ckpt -> ``siglip-lightning export --format hf`` -> AutoModel/AutoProcessor give our embeddings."""
     transformers = pytest.importorskip("transformers")
