@@ -18,7 +18,10 @@ class ResumableCheckpoint(ModelCheckpoint):
     previous checkpoint usable), ``last.ckpt`` is written by default, and with no ``dirpath`` the
     files go to ``<trainer.default_root_dir>/checkpoints`` rather than into the logger's new
     ``version_N`` folder, so that re-running the same command with ``--ckpt_path last`` finds them.
-    Temporary files of a save that was killed are deleted at the next start.
+    Temporary files of a save that was killed are deleted at the next start. ``enable_version_counter``
+    defaults to ``False``: the folder holds one ``last.ckpt`` that every save (of this callback, of a
+    second one writing there, of the same command run again) replaces, instead of ``last-v1.ckpt``
+    beside it, which ``--ckpt_path last`` would not pick.
 
     Args:
         dirpath: folder of the checkpoints; default ``<trainer.default_root_dir>/checkpoints``.
@@ -27,6 +30,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         every_n_train_steps: save every N optimizer steps.
         train_time_interval: save when this much training time has passed since the last save,
             e.g. ``"0:15:00"`` (cannot be combined with ``every_n_train_steps``: use two callbacks).
+        enable_version_counter: write ``last-v1.ckpt`` ... beside an existing ``last.ckpt`` (off: replace it).
         **kwargs: any other ``ModelCheckpoint`` argument (``filename``, ``monitor``, ...).
     """
 
@@ -37,10 +41,12 @@ class ResumableCheckpoint(ModelCheckpoint):
         save_top_k: int = 1,
         every_n_train_steps: Optional[int] = None,
         train_time_interval: Optional[timedelta] = None,
+        enable_version_counter: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k,
-                         every_n_train_steps=every_n_train_steps, train_time_interval=train_time_interval, **kwargs)
+                         every_n_train_steps=every_n_train_steps, train_time_interval=train_time_interval,
+                         enable_version_counter=enable_version_counter, **kwargs)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
