@@ -9,15 +9,12 @@ same layout on local captions, and :class:`GemmaStyleTokenizer` applies the conv
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Iterable, Union
 
-import sentencepiece as spm
 
-from siglip_lightning.atomic_files import atomic_path
-from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+from siglip_lightning.data.tokenizer import SentencePieceTokenizer, train_sentencepiece_file
 from siglip_lightning.errors import UserInputError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID, MASK = 0, 1, 2, 3, "<mask>"
@@ -48,20 +45,9 @@ def train_gemma_sentencepiece(captions: Iterable[str], model_path: Union[str, os
 
     Byte fallback adds 256 byte pieces, so ``vocab_size`` must leave room for them plus the characters.
     """
-    model_path = Path(model_path)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    lowered = (c.lower() for c in captions if isinstance(c, str) and c.strip())
-    buffer = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lowered, model_writer=buffer, vocab_size=vocab_size, model_type="bpe",
-            hard_vocab_limit=False, character_coverage=1.0, byte_fallback=True, split_digits=True,
-            add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
-            pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, pad_piece="<pad>", eos_piece="<eos>",
-            bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=[MASK], minloglevel=2,
-        )
-    except RuntimeError as err:
-        raise UserInputError(f"could not train a Gemma-style SentencePiece tokenizer on the captions: {err}") from err
-    with atomic_path(model_path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return model_path
+    return train_sentencepiece_file(
+        captions, model_path, "a Gemma-style SentencePiece tokenizer", vocab_size=vocab_size, model_type="bpe",
+        hard_vocab_limit=False, character_coverage=1.0, byte_fallback=True, split_digits=True,
+        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=[MASK])

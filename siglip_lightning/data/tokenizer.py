@@ -76,26 +76,23 @@ def train_sentencepiece(
     BPE trains in seconds; ``hard_vocab_limit=False`` lets a low-diversity corpus end with fewer
     pieces than asked instead of failing. Written atomically so concurrent readers never see half.
     """
+    return train_sentencepiece_file(
+        captions, model_path, "a SentencePiece tokenizer", vocab_size=vocab_size, model_type=model_type,
+        hard_vocab_limit=False, character_coverage=1.0, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1)
+
+
+def train_sentencepiece_file(captions: Iterable[str], model_path: Union[str, os.PathLike], what: str,
+                             **options) -> Path:
+    """SentencePiece's trainer on the lower-cased non-empty captions, with ``options``; the model is
+    written atomically to ``model_path`` (concurrent readers never see half a file)."""
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     lowered = (c.lower() for c in captions if isinstance(c, str) and c.strip())
     buffer = io.BytesIO()
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lowered,
-            model_writer=buffer,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            hard_vocab_limit=False,
-            character_coverage=1.0,
-            unk_id=UNK_ID,
-            eos_id=EOS_ID,
-            bos_id=-1,
-            pad_id=-1,
-            minloglevel=2,
-        )
+        spm.SentencePieceTrainer.train(sentence_iterator=lowered, model_writer=buffer, minloglevel=2, **options)
     except RuntimeError as err:
-        raise UserInputError(f"could not train a SentencePiece tokenizer on the captions: {err}") from err
+        raise UserInputError(f"could not train {what} on the captions: {err}") from err
     with atomic_path(model_path) as tmp:
         tmp.write_bytes(buffer.getvalue())
     return model_path
