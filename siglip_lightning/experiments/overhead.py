@@ -4,12 +4,12 @@
 
 ``CACHE`` is a SigLiT cache folder the sweep built (``.../siglit/cache-*``). Both paths train the
 same text tower (``configs/experiments/siglit/text_tower.yaml``) with the same module, loss and
-AdamW: the plain loop on in-memory tensors (what the removed hand-written loop did), ``fit`` as a
-sweep cell does (streaming datamodule, loggers, checkpoint callback). They alternate, twice, in
-one process, so that both see the same machine load; the first ``warmup`` steps are not timed.
-A third ``fit`` pass with Lightning's SimpleProfiler shows where the time goes. ``--without_skip_logs``
-adds ``fit`` passes whose batches carry no ``skipped`` counts, so that ``SigLIPModule`` makes one
-``self.log`` call per step instead of nine (measurement only: it shows what those calls cost).
+AdamW: the plain loop on in-memory, pre-tokenized tensors (what the removed hand-written loop did),
+the same loop fed by the product's datamodule (streaming parquet, per-caption tokenization, shuffle
+buffer, collation), and ``fit`` as a sweep cell does (that datamodule, loggers, callbacks, checkpoint
+callback). So plain -> streamed is the data path's cost and streamed -> fit Lightning's. They
+alternate, twice, in one process, so that all see the same machine load; the first ``warmup`` steps
+are not timed. A last ``fit`` pass with Lightning's SimpleProfiler shows where the time goes.
 """
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "configs" / "experiments" / "siglit" / "text_tower.yaml"
 
 
-def plain_loop(cache: Path, batch: int, steps: int, warmup: int) -> float:
-    """Seconds per step of a bare loop: index in-memory tensors, loss, backward, AdamW, schedule."""
+def plain_loop(cache: Path, batch: int, steps: int, warmup: int, streamed: bool = False) -> float:
+    """Seconds per step of a bare loop: index in-memory tensors, loss, backward, AdamW, schedule.
+
+    ``streamed``: take the batches from the product's datamodule (as ``fit`` does) instead, so that the
+    difference to ``fit`` is Lightning's loop and callbacks alone."""
     import pyarrow.parquet as pq
 
     from siglip_lightning.data.tokenizer import SentencePieceTokenizer
@@ -47,17 +50,33 @@ def plain_loop(cache: Path, batch: int, steps: int, warmup: int) -> float:
     optimizer = torch.optim.AdamW(module.parameter_groups(), betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps // 20, steps, 0.0))
     order = torch.randperm(images.shape[0])
+    stream = iter(streamed_batches(cache, batch)) if streamed else None
     for step in range(steps + warmup):
         if step == warmup:
             start = time.perf_counter()
-        idx = order[(step * batch) % (images.shape[0] - batch):][:batch]
-        loss = module.compute_loss({"image": images[idx], "text": texts[idx]})
+        if stream is not None:
+            loss = module.compute_loss(next(stream))
+        else:
+            idx = order[(step * batch) % (images.shape[0] - batch):][:batch]
+            loss = module.compute_loss({"image": images[idx], "text": texts[idx]})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         loss.item()
     return (time.perf_counter() - start) / steps
+
+
+def streamed_batches(cache: Path, batch: int):
+    """The training batches of a sweep cell's datamodule (the base config's data settings), endlessly."""
+    from siglip_lightning.data.datamodule import ImageTextDataModule
+
+    data = dict(yaml.safe_load(BASE.read_text())["data"])
+    data.update(path=str(cache / "pairs"), tokenizer_path=str(cache / "tokenizer.model"), batch_size=batch)
+    datamodule = ImageTextDataModule(**data)
+    datamodule.setup("fit")
+    while True:
+        yield from datamodule.train_dataloader()
 
 
 class StepClock:
@@ -80,21 +99,7 @@ class StepClock:
         self.callback = _Clock()
 
 
-class DropSkipCounts:
-    """Measurement only: removes the per-batch skip counts before ``training_step`` sees them."""
-
-    def __init__(self) -> None:
-        from lightning.pytorch import Callback
-
-        class _Drop(Callback):
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                batch.pop("skipped", None)
-
-        self.callback = _Drop()
-
-
-def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, profiler: bool = False,
-                drop_skip_counts: bool = False):
+def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, profiler: bool = False):
     """Seconds per step of ``fit`` configured as a sweep cell (no evaluation: only steps are timed)."""
     from siglip_lightning.cli import cli_main
     from siglip_lightning.experiments.runner import cell_layer
@@ -113,8 +118,6 @@ def product_fit(cache: Path, batch: int, steps: int, warmup: int, folder: Path, 
     cli = cli_main(args, run=False)
     clock = StepClock(warmup)
     cli.trainer.callbacks.append(clock.callback)
-    if drop_skip_counts:
-        cli.trainer.callbacks.append(DropSkipCounts().callback)
     from siglip_lightning.checkpointing import ResumableCheckpoint
 
     cli.trainer.callbacks.append(ResumableCheckpoint(save_last=True, save_top_k=0, train_time_interval=timedelta(minutes=1)))
@@ -129,29 +132,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
-    parser.add_argument("--without_skip_logs", action="store_true", help="also time fit without the skip-count logs")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as a sweep cell runs (threads: 1)
     results, load = {}, []
     for batch in args.batches:
         steps = max(20, args.steps * 16 // batch) if batch > 16 else args.steps
-        plain, product, lean = [], [], []
+        plain, streamed, product = [], [], []
         for repeat in range(2):
             load.append(open("/proc/loadavg").read().split()[:3])
             plain.append(plain_loop(args.cache, batch, steps, args.warmup))
+            streamed.append(plain_loop(args.cache, batch, steps, args.warmup, streamed=True))
             product.append(product_fit(args.cache, batch, steps, args.warmup, args.out / f"b{batch}_{repeat}")[0])
-            if args.without_skip_logs:
-                lean.append(product_fit(args.cache, batch, steps, args.warmup, args.out / f"b{batch}_{repeat}_lean",
-                                        drop_skip_counts=True)[0])
         results[batch] = {"steps": steps, "plain_s_per_step": [round(p, 5) for p in plain],
+                          "plain_streamed_s_per_step": [round(p, 5) for p in streamed],
                           "fit_s_per_step": [round(p, 5) for p in product],
-                          "ratio": round(sum(product) / sum(plain), 2)}
-        if lean:
-            results[batch].update(fit_without_skip_logs_s_per_step=[round(p, 5) for p in lean],
-                                  ratio_without_skip_logs=round(sum(lean) / sum(plain), 2))
-        print(f"batch {batch}: plain {[f'{1000 * p:.2f}' for p in plain]} ms/step, fit "
-              f"{[f'{1000 * p:.2f}' for p in product]} ms/step, ratio {results[batch]['ratio']}; without skip logs "
-              f"{[f'{1000 * p:.2f}' for p in lean]} ms/step", flush=True)
+                          "ratio": round(sum(product) / sum(plain), 2),
+                          "ratio_streamed_to_plain": round(sum(streamed) / sum(plain), 2),
+                          "ratio_fit_to_streamed": round(sum(product) / sum(streamed), 2)}
+        print(f"batch {batch}: plain {[f'{1000 * p:.2f}' for p in plain]} ms/step, plain on the datamodule's "
+              f"batches {[f'{1000 * p:.2f}' for p in streamed]} ms/step, fit "
+              f"{[f'{1000 * p:.2f}' for p in product]} ms/step; fit / plain {results[batch]['ratio']} "
+              f"(data path {results[batch]['ratio_streamed_to_plain']}, Lightning {results[batch]['ratio_fit_to_streamed']})",
+              flush=True)
     _, trainer = product_fit(args.cache, args.batches[0], args.steps, args.warmup, args.out / "profiled", profiler=True)
     load.append(open("/proc/loadavg").read().split()[:3])
     report = {"per_batch": results, "loadavg_during": load, "threads": 1}
