@@ -282,3 +282,20 @@ def test_a_corrupt_shard_and_an_unconvertible_image_are_skipped_and_counted(tmp_
         skipped.update(s["skipped"])
     assert skipped == {"shard_unreadable": 1, "image_unconvertible": 1}
     assert [s["id"] for s in samples] == [i for i in list(range(10)) + list(range(20, 30)) if i != 3]
+
+
+def test_lazy_random_draws_what_random_random_of_its_seed_draws():
+    import random
+
+    from siglip_lightning.data.stream import LazyRandom
+
+    for seed in (0, 7, hash((1, 2, 3, 4, 5))):
+        lazy, plain = LazyRandom(seed), random.Random(seed)
+        assert lazy._rng is None  # nothing seeded before the first draw
+        assert [lazy.random(), lazy.randrange(100), lazy.choice("abcdef")] == \
+               [plain.random(), plain.randrange(100), plain.choice("abcdef")]
+        items = list(range(20))
+        lazy.shuffle(items)
+        expected = list(range(20))
+        plain.shuffle(expected)
+        assert items == expected
