@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Iterable, Union
 
-
 from siglip_lightning.data.tokenizer import SentencePieceTokenizer, train_sentencepiece_file
 from siglip_lightning.errors import UserInputError
 

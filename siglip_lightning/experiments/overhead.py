@@ -14,6 +14,7 @@ are not timed. A last ``fit`` pass with Lightning's SimpleProfiler shows where t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from datetime import timedelta
@@ -27,44 +28,47 @@ BASE = REPO / "configs" / "experiments" / "siglit" / "text_tower.yaml"
 
 
 def plain_loop(cache: Path, batch: int, steps: int, warmup: int, streamed: bool = False) -> float:
-    """Seconds per step of a bare loop: index in-memory tensors, loss, backward, AdamW, schedule.
+    """Seconds per step of a bare loop: next batch, loss, backward, AdamW, schedule.
 
-    ``streamed``: take the batches from the product's datamodule (as ``fit`` does) instead, so that the
-    difference to ``fit`` is Lightning's loop and callbacks alone."""
-    import pyarrow.parquet as pq
-
-    from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+    The batches are in-memory, pre-tokenized tensors, or with ``streamed`` the product's datamodule's
+    (as ``fit`` takes them), so that the difference to ``fit`` is Lightning's loop and callbacks alone."""
     from siglip_lightning.losses import SigmoidLoss
     from siglip_lightning.model.module import SigLIPModule
     from siglip_lightning.model.optim import warmup_cosine
     from siglip_lightning.towers import PrecomputedImageTower, TextTower
 
-    files = sorted((cache / "pairs").glob("train-*.parquet"))
-    table = [pq.read_table(f).to_pydict() for f in files]
-    images = torch.tensor([e for t in table for e in t["embedding"]])
-    tokenizer = SentencePieceTokenizer(cache / "tokenizer.model", 16)
-    texts = tokenizer([c for t in table for c in t["text"]])
+    batches = streamed_batches(cache, batch) if streamed else in_memory_batches(cache, batch)
     towers = yaml.safe_load(BASE.read_text())["model"]["text_tower"]["init_args"]
     module = SigLIPModule(PrecomputedImageTower(64), TextTower(**towers), SigmoidLoss(), lr=3e-3,
                           warmup_steps=steps // 20, total_steps=steps)
     optimizer = torch.optim.AdamW(module.parameter_groups(), betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps // 20, steps, 0.0))
-    order = torch.randperm(images.shape[0])
-    stream = iter(streamed_batches(cache, batch)) if streamed else None
     for step in range(steps + warmup):
         if step == warmup:
             start = time.perf_counter()
-        if stream is not None:
-            loss = module.compute_loss(next(stream))
-        else:
-            idx = order[(step * batch) % (images.shape[0] - batch):][:batch]
-            loss = module.compute_loss({"image": images[idx], "text": texts[idx]})
+        loss = module.compute_loss(next(batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         loss.item()
     return (time.perf_counter() - start) / steps
+
+
+def in_memory_batches(cache: Path, batch: int):
+    """What the removed hand-written loop did: every pair in memory, captions tokenized once, random slices."""
+    import pyarrow.parquet as pq
+
+    from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+
+    files = sorted((cache / "pairs").glob("train-*.parquet"))
+    table = [pq.read_table(f).to_pydict() for f in files]
+    images = torch.tensor([e for t in table for e in t["embedding"]])
+    texts = SentencePieceTokenizer(cache / "tokenizer.model", 16)([c for t in table for c in t["text"]])
+    order = torch.randperm(images.shape[0])
+    for step in itertools.count():
+        idx = order[(step * batch) % (images.shape[0] - batch):][:batch]
+        yield {"image": images[idx], "text": texts[idx]}
 
 
 def streamed_batches(cache: Path, batch: int):
