@@ -158,3 +158,31 @@ def test_sweep_cells_run_on_two_processes(tmp_path, tiny_cache):
         assert "batch_size: 16" in saved and "devices: 2" in saved
         row = json.loads((cell / "result.json").read_text())["row"]
         assert row["steps"] == 2048 // 32 and 0 <= row["r1_mean"] <= 100
+
+
+@pytest.mark.parametrize("name", ["scratch_sweep", "scratch_sweep_long"])
+def test_committed_from_scratch_sweep_cells_fit_through_the_cli(tmp_path, name):
+    """A cell of each loss of the committed from-scratch sweeps, as the runner writes it (base configs +
+    the cell's layer), run by ``fit`` for two steps on less built-in data, with its evaluation."""
+    from siglip_lightning.experiments.runner import cell_command, cell_layer
+    from siglip_lightning.experiments.sweep import expand, load_sweep
+    from tests.conftest import TINY_DATA, TINY_TRAINER
+
+    import yaml
+
+    config = load_sweep(CONFIGS / "experiments" / f"{name}.yaml")
+    first = {}
+    for cell in expand(config):
+        first.setdefault(cell.values["loss"], cell)
+    assert set(first) == {"sigmoid", "softmax"}
+    for loss, cell in first.items():
+        folder = tmp_path / cell.name
+        folder.mkdir()
+        layer = folder / "sweep_cell.yaml"
+        layer.write_text(yaml.safe_dump(cell_layer(cell, folder, evaluate_at_end=True)))
+        args = cell_command(config["base"], layer, [], None)
+        cli = cli_main(args + [*TINY_DATA, *TINY_TRAINER, f"--data.cache_dir={tmp_path / 'data'}"])
+        metrics = cli.trainer.callback_metrics
+        assert cli.trainer.global_step == 2 and type(cli.model.loss).__name__.lower().startswith(loss)
+        for key in ("retrieval/heldout/image_to_text_R@1", "zeroshot/shapes/top1"):
+            assert key in metrics, (name, loss, sorted(metrics))
