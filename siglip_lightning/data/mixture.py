@@ -122,14 +122,16 @@ class MixedStream(PairStream):
         self.image_column = [p.image_column for p in parts]
         self.text_column = [p.text_column for p in parts]
         self.epoch, self.start_positions, self.worker_offset, self.exclude = 0, {}, 0, frozenset()
+        self.batches_done = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         for part in self.parts:
             part.set_epoch(epoch)
 
-    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0, exclude: frozenset = frozenset()) -> None:
-        super().resume_from(positions, worker_offset, exclude)
+    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0, exclude: frozenset = frozenset(),
+                    batches_done: int = 0) -> None:
+        super().resume_from(positions, worker_offset, exclude, batches_done)
         for index, part in enumerate(self.parts):
             part.resume_from({}, 0, frozenset(key[1:] for key in self.exclude if key[0] == index))
 

@@ -8,8 +8,9 @@ the batch's longest (or to the budget), with a mask and each image's grid shape.
 
 Several budgets (SigLIP 2 trains NaFlex at several sequence lengths): each batch draws one. Workers
 resize every image for the largest budget; the collate, which runs in the same worker, draws the
-batch's budget from a generator seeded by (seed, the batch's stream position), so a resumed run
-draws the same budgets, and re-resizes to smaller grids. The position bookkeeping of the stream is
+batch's budget from a generator seeded by (seed, epoch, the batch's number in the pass), so every
+rank of a step draws the same budget and a resumed run draws the same budgets, and re-resizes to
+smaller grids. The position bookkeeping of the stream is
 untouched: exact mid-epoch resume works as for fixed-size images.
 
 Why our own code: the resize rule must be ``transformers``' exactly (exported models are used with
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvF
 
-from siglip_lightning.data.stream import collate_pairs
+from siglip_lightning.data.stream import batch_number, collate_pairs
 from siglip_lightning.data.transforms import ImageTransform, to_rgb
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.towers.patches import PatchBatch, one_image, patchify
@@ -142,11 +143,12 @@ class NaFlexTransform:
             return self.finish(pixels)
         return SizedImage(pixels, original)
 
-    def draw_budget(self, seed: int, position: Any) -> int:
+    def draw_budget(self, seed: int, batch: Any) -> int:
+        """The budget of the pass's ``batch`` (``(epoch, index)``, :func:`~siglip_lightning.data.stream.batch_number`)."""
         if len(self.budgets) == 1:
             return self.budgets[0]
         # integers only: Python salts str hashes per process, and a resumed run must draw the same
-        return random.Random(hash((seed, 0x5EED, *(position or ())))).choice(self.budgets)
+        return random.Random(hash((seed, 0x5EED, *(batch or ())))).choice(self.budgets)
 
     def batch_images(self, images: List[Any], budget: int, pad_to: str = "longest") -> PatchBatch:
         """Samples' transform outputs -> one padded batch at ``budget``."""
@@ -169,9 +171,12 @@ class NaFlexCollate:
 
     def __call__(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         images = [s["image"] for s in samples]
-        budget = self.transform.draw_budget(self.seed, samples[-1].get("_pos"))
+        # Drawn from the batch's number in the pass, not from where this rank's stream stands: every
+        # rank of a step gets the same budget (no rank waits for a longer one), and a resume draws it again.
+        budget = self.transform.draw_budget(self.seed, batch_number(samples))
         batch = collate_pairs([{**s, "image": torch.zeros(())} for s in samples])
         batch["image"] = self.transform.batch_images(images, budget, self.pad_to)
+        batch["patch_budget"] = budget
         return batch
 
 

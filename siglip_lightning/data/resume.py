@@ -28,7 +28,7 @@ VERSION = 2
 
 
 def _fresh(epoch: int) -> Dict[str, Any]:
-    return {"epoch": epoch, "positions": {}, "last_worker": -1}
+    return {"epoch": epoch, "positions": {}, "last_worker": -1, "batches": 0}
 
 
 def consumed_keys(stream, generations: List[Dict[str, Any]]) -> Set[tuple]:
@@ -64,9 +64,11 @@ class StreamProgress:
     def record(self, worker: int, position: int) -> None:
         self.current["positions"][int(worker)] = int(position)
         self.current["last_worker"] = int(worker)
+        self.current["batches"] = self.current.get("batches", 0) + 1
 
     def start_epoch(self, epoch: int, stream, rank: int, world: int, workers: int):
-        """``(positions, worker offset, excluded keys)`` the stream starts the pass of ``epoch`` from."""
+        """``(positions, worker offset, excluded keys, batches)`` the stream starts the pass of ``epoch``
+        from; ``batches``: how many batches of this generation reached the model (the same on every rank)."""
         pending, self.pending = self.pending, None
         self.layout, self.shards = (world, workers), list(stream.shard_counts())
         if pending is not None and pending.get("shards") not in (None, self.shards):
@@ -76,7 +78,7 @@ class StreamProgress:
                 "data (data.path / data.sources), or from a checkpoint taken at an epoch boundary")
         if pending is None or pending["epoch"] != epoch:
             self.current, self.history = _fresh(epoch), []
-            return {}, 0, frozenset()
+            return {}, 0, frozenset(), 0
         generations = list(pending["generations"])
         last = generations[-1]
         same = (last["world_size"], last["num_workers"]) == (world, workers)
@@ -87,17 +89,20 @@ class StreamProgress:
                            f"(saved with {last['world_size']} and {last['num_workers']}): {len(excluded)} examples "
                            "already read in this epoch are left out")
             self.current = _fresh(epoch)
-            return {}, 0, excluded
+            return {}, 0, excluded, 0
         mine = last["ranks"][rank]
-        self.current = {"epoch": epoch, "positions": dict(mine["positions"]), "last_worker": mine["last_worker"]}
-        return dict(mine["positions"]), (mine["last_worker"] + 1) % workers, excluded
+        batches = int(mine.get("batches", 0))  # absent in checkpoints written before it was recorded
+        self.current = {"epoch": epoch, "positions": dict(mine["positions"]), "last_worker": mine["last_worker"],
+                        "batches": batches}
+        return dict(mine["positions"]), (mine["last_worker"] + 1) % workers, excluded, batches
 
     def state_dict(self, epoch_consumed: bool, gather: Callable[[Any], List[Any]]) -> Dict[str, Any]:
         """The checkpoint's data state; ``gather`` collects one object from every rank (all ranks call it)."""
-        mine = {"positions": dict(self.current["positions"]), "last_worker": self.current["last_worker"]}
+        mine = {"positions": dict(self.current["positions"]), "last_worker": self.current["last_worker"],
+                "batches": self.current.get("batches", 0)}
         epoch, history = self.current["epoch"], self.history
         if epoch_consumed:  # Lightning ends the epoch after this batch: a resume starts the next one afresh
-            epoch, history, mine = epoch + 1, [], {"positions": {}, "last_worker": -1}
+            epoch, history, mine = epoch + 1, [], {"positions": {}, "last_worker": -1, "batches": 0}
         world, workers = self.layout
         generation = {"world_size": world, "num_workers": workers, "ranks": gather(mine)}
         return {"version": VERSION, "epoch": epoch, "shards": self.shards, "generations": [*history, generation]}

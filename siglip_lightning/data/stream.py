@@ -127,17 +127,21 @@ class PairStream(IterableDataset):
         self.start_positions: Dict[int, int] = {}
         self.worker_offset = 0
         self.exclude: frozenset = frozenset()
+        self.batches_done = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0, exclude: frozenset = frozenset()) -> None:
+    def resume_from(self, positions: Dict[int, int], worker_offset: int = 0, exclude: frozenset = frozenset(),
+                    batches_done: int = 0) -> None:
         """Start each (logical) worker after ``positions[worker]`` samples of its order; loader worker
         i plays logical worker ``(i + worker_offset) % num_workers`` so batches keep their round-robin order.
-        ``exclude``: keys of examples already read in this epoch under another layout (elastic resume)."""
+        ``exclude``: keys of examples already read in this epoch under another layout (elastic resume).
+        ``batches_done``: batches of this pass that already reached the model (numbers the next ones)."""
         self.start_positions = {int(k): int(v) for k, v in positions.items()}
         self.worker_offset = worker_offset
         self.exclude = frozenset(exclude)
+        self.batches_done = int(batches_done)
 
     # --- the raw order ------------------------------------------------------------------------------
     def slot(self, worker: int, num_workers: int) -> Slot:
@@ -220,6 +224,11 @@ class PairStream(IterableDataset):
         num_workers = info.num_workers if info else 1
         worker = ((info.id if info else 0) + self.worker_offset) % num_workers
         start = self.start_positions.get(worker, 0)
+        # Loader worker i hands out batches i, i + W, i + 2W, ... of this pass (round-robin): with the
+        # batches already done, the k-th sample this worker yields belongs to the pass's batch
+        # first + (k // batch size) * W, the same step on every rank (see :func:`batch_number`).
+        first = getattr(self, "batches_done", 0) + (worker - self.worker_offset) % num_workers
+        yielded = 0
         skipped: Counter = Counter()  # since the last yielded sample
         totals: Counter = Counter()  # this pass, for the error message
         seen = bad = 0
@@ -242,6 +251,8 @@ class PairStream(IterableDataset):
                 continue
             sample["skipped"] = dict(skipped)
             sample["_pos"] = (worker, position + 1)
+            sample["_order"] = (self.epoch, first, num_workers, yielded)
+            yielded += 1
             now = self.read_retries()
             sample["read_retries"], retries = now - retries, now
             skipped.clear()
@@ -254,6 +265,17 @@ class PairStream(IterableDataset):
         return (f"the data is mostly bad: {bad} of {seen} samples read by one worker were skipped ({reasons}); "
                 f"check data.image_column={self.image_column!r} and data.text_column={self.text_column!r}, "
                 f"or raise data.max_skip_fraction (now {self.max_skip_fraction})")
+
+
+def batch_number(samples: List[Dict[str, Any]]) -> Optional[Tuple[int, int]]:
+    """``(epoch, index of the batch in the epoch's pass)`` of a full batch of one worker's samples: the
+    same on every rank at the same step, whatever each rank skipped, and the same after a resume.
+    None for samples that carry no order (a stream that is not a :class:`PairStream`)."""
+    order = samples[-1].get("_order")
+    if order is None:
+        return None
+    epoch, first, num_workers, last = order
+    return epoch, first + (last // len(samples)) * num_workers
 
 
 def collate_pairs(samples: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -3,6 +3,7 @@ per-batch budgets that a second pass (or a resumed one) draws again, and a CLI f
 import json
 import os
 import random
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -232,3 +233,42 @@ def test_eval_callbacks_cut_images_at_their_patch_budget_and_refuse_it_for_squar
         Retrieval(name="r", patch_budget=16).data_tools(squares)
     with pytest.raises(UserInputError, match="patch_budget must be positive"):
         Retrieval(name="r", patch_budget=0)
+
+
+class RecordBudgets(Callback):
+    """Appends ``[global_step, patch budget]`` of every training batch to ``path.<rank>``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        with open(f"{self.path}.{trainer.global_rank}", "a") as f:
+            f.write(json.dumps([trainer.global_step, int(batch["patch_budget"])]) + "\n")
+
+
+def test_every_rank_of_a_step_draws_the_same_budget_whatever_each_rank_skipped(tmp_path):
+    """2 DDP processes, 2 workers each, a shard per rank; rank 1's shard has undecodable images, so its
+    stream positions run ahead of rank 0's: the budgets are still drawn per step, the same on both."""
+    from tests.conftest import run_cli, tiny_fit_args
+    from tests.data.test_cli import data_args
+    from tests.helpers.data_factory import pairs, write_parquet
+
+    rows = pairs(64)
+    for row in rows[40:64:3]:  # the second shard (rank 1): every third image is not an image
+        row["image"] = b"not an image"
+    path = write_parquet(tmp_path / "data", rows, sizes=(32, 32))
+    record = tmp_path / "budgets"
+    result = run_cli(tiny_fit_args(
+        tmp_path / "run", *data_args(str(path), "--data.num_workers=2", "--data.shuffle_buffer=0",
+                                     "--data.batch_size=2"),
+        "--model.image_tower=siglip_lightning.NaFlexVisionTower", "--model.image_tower.init_args.patch_size=4",
+        "--model.image_tower.init_args.width=32", "--model.image_tower.init_args.layers=1",
+        "--model.image_tower.init_args.heads=2", "--data.naflex.patch_size=4", "--data.naflex.budgets=[4,9,16]",
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=10", "--trainer.limit_val_batches=0",
+        "--trainer.callbacks+=tests.data.test_naflex.RecordBudgets", f"--trainer.callbacks.path={record}"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    read = lambda rank: [json.loads(line) for line in Path(f"{record}.{rank}").read_text().splitlines()]  # noqa: E731
+    rank0, rank1 = read(0), read(1)
+    assert len(rank0) == len(rank1) == 10
+    assert rank0 == rank1
+    assert len({budget for _, budget in rank0}) > 1  # several budgets were drawn
