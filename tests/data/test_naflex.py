@@ -272,3 +272,14 @@ def test_every_rank_of_a_step_draws_the_same_budget_whatever_each_rank_skipped(t
     assert len(rank0) == len(rank1) == 10
     assert rank0 == rank1
     assert len({budget for _, budget in rank0}) > 1  # several budgets were drawn
+
+
+def test_padding_benchmark_runs_and_checks_the_collate_against_its_count():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "naflex_padding.py"), "--batches", "2",
+                             "--budgets", "256", "--batch_sizes", "8"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| photos")]
+    assert len(rows) == 2 and all(float(cell.strip(" %")) < 100 for row in rows for cell in row.split("|")[4:6])
