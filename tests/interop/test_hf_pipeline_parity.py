@@ -97,8 +97,9 @@ def _ours(cli, paths, classes):
 
 def _fit_and_export(tmp_path, args, naflex: bool):
     data = write_training_parquet(tmp_path / "data")
-    cli = cli_main(["fit", f"--data.path={data}", *args, f"--trainer.default_root_dir={tmp_path / 'run'}",
-                    "--trainer.logger=false", "--trainer.enable_checkpointing=true"])
+    # data.path after args: a --config among them would otherwise put its own back
+    cli = cli_main(["fit", *args, f"--data.path={data}", "--data.val_fraction=0.25", "--trainer.logger=false",
+                    f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_checkpointing=true"])
     ckpt = sorted((tmp_path / "run").rglob("*.ckpt"))[-1]
     out = tmp_path / "hf"
     main(["export", "--ckpt_path", str(ckpt), "--format", "hf", "--out", str(out)])
