@@ -55,7 +55,9 @@ def save_siglip_processor(out_dir: Path, tokenizer, settings: Dict) -> None:
         warnings.warn(
             f"this run's eval transform resizes with data.image_resize_backend={backend}; transformers 5's image "
             "processor resizes with torchvision, so exported pixel values differ slightly from the run's "
-            "(see docs/EXPORT.md); train with data.image_resize_backend=torchvision for identical tensors")
+            "(see docs/EXPORT.md); train with data.image_resize_backend=torchvision for identical tensors"
+            + (", or load with AutoProcessor.from_pretrained(out, backend='pil'), which is pil_exact"
+               if backend == "pil_exact" else ""))
     SiglipProcessor(image_processor=SiglipImageProcessor(**settings), tokenizer=tokenizer).save_pretrained(str(out_dir))
 
 
