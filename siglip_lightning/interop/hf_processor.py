@@ -15,6 +15,7 @@ need a tokenizer and an image processor in the folder. From-scratch runs get:
 """
 from __future__ import annotations
 
+import string
 import warnings
 from pathlib import Path
 from typing import Dict
@@ -41,8 +42,24 @@ def siglip_tokenizer(sentencepiece_model: Path, context_length: int):
     """transformers' ``SiglipTokenizer`` over the model, giving the ids the run trained on."""
     from transformers import SiglipTokenizer
 
+    warn_if_trained_on_raw_text(sentencepiece_model)
     return SiglipTokenizer(vocab_file=str(sentencepiece_model), model_max_length=context_length,
                            split_special_tokens=True, model_input_names=TEXT_ONLY_IDS)
+
+
+def warn_if_trained_on_raw_text(sentencepiece_model: Path) -> None:
+    """A vocabulary with punctuation pieces was trained before captions were canonicalised: such a run
+    saw punctuation that ``SiglipTokenizer`` (and training here, now) removes."""
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(sentencepiece_model))
+    pieces = (processor.id_to_piece(i) for i in range(processor.get_piece_size())
+              if not (processor.is_control(i) or processor.is_unknown(i)))
+    if any(ch in string.punctuation for piece in pieces for ch in piece):
+        warnings.warn(
+            f"{sentencepiece_model} has punctuation in its vocabulary: it was trained on un-canonicalised text "
+            "(siglip-lightning before captions were canonicalised like SiglipTokenizer's), so the exported "
+            "tokenizer's ids differ from the run's on captions with punctuation; retrain for exact ids")
 
 
 def save_siglip_processor(out_dir: Path, tokenizer, settings: Dict) -> None:

@@ -137,6 +137,18 @@ def test_pil_exact_runs_are_reproduced_by_the_pil_backend(tmp_path):
     assert (_pixels_in_transformers(tmp_path / "out", images, tmp_path, backend="pil") - ours).abs().max() < 1e-5
 
 
+def test_export_warns_about_a_vocabulary_trained_on_raw_text(tmp_path):
+    from siglip_lightning.data.tokenizer import train_sentencepiece_file
+
+    raw = train_sentencepiece_file(CORPUS, tmp_path / "raw.model", "raw", str.lower, vocab_size=120,
+                                   hard_vocab_limit=False, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1)
+    with pytest.warns(UserWarning, match="punctuation in its vocabulary"):
+        save_hf_processor(raw, tmp_path / "old", 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_hf_processor(train_sentencepiece(CORPUS, tmp_path / "new.model", vocab_size=120), tmp_path / "new", 64)
+
+
 def test_pipeline_warning_only_below_64_positions():
     with pytest.warns(UserWarning, match="pads SigLIP text to 64"):
         warn_if_pipeline_cannot_run(16)
