@@ -6,8 +6,10 @@
 ``interop/hf_processor.py``), loadable with ``AutoModel`` / ``AutoProcessor`` / the zero-shot
 pipeline; a NaFlex image tower gives a ``Siglip2Model`` folder instead (``interop/hf_siglip2.py``),
 with its image processor at the run's evaluation budget. See docs/EXPORT.md. ``open_clip``: ``open_clip_config.json`` +
-``open_clip_model.safetensors``, loadable with ``open_clip.create_model("local-dir:" + out)`` after
-``siglip_lightning.interop.openclip.register_timm_vit`` (or ``create_open_clip``, which does it).
+``open_clip_model.safetensors`` + the run's tokenizer and ``preprocess_cfg``
+(``interop/openclip_processor.py``), loadable by plain open_clip:
+``open_clip.create_model_and_transforms("local-dir:" + out)`` and ``open_clip.get_tokenizer`` (the
+image trunk is built by timm alone: ``interop/openclip_timm.py``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop import hf, openclip
 from siglip_lightning.interop.hf_processor import image_settings as fixed_image_settings
 from siglip_lightning.interop.hf_siglip2 import export_siglip2
+from siglip_lightning.interop.openclip_processor import write_open_clip_processor
 from siglip_lightning.interop.hf_siglip2 import image_settings_from_checkpoint as naflex_image_settings
 from siglip_lightning.towers.naflex import NaFlexVisionTower
 from siglip_lightning.towers.locked import unwrap
@@ -54,7 +57,7 @@ def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Opti
         if source is not None:
             carry_open_clip_preprocessing(Path(source.removeprefix("local-dir:")), Path(out))
         elif tokenizer_model is not None:
-            (Path(out) / "spiece.model").write_bytes(Path(tokenizer_model).read_bytes())
+            write_open_clip_processor(Path(out), Path(tokenizer_model), image_settings)
         return out
     raise UserInputError(f"--format must be one of {FORMATS}, got {fmt!r}")
 
