@@ -33,16 +33,13 @@ _RELEASED = re.compile(r"^vit_\w+_patch(\d+)_siglip_(\d+)$")
 
 
 def hidden_size(shape: Dict) -> int:
-    return int(shape["width"] * shape["mlp_ratio"])
+    return round(shape["width"] * shape["mlp_ratio"])  # mlp_ratio is out_features / width (keys.vision_shape)
 
 
 def model_args(shape: Dict) -> Dict:
     """timm VisionTransformer arguments of our VisionTower ``shape`` (interop/keys.vision_shape)."""
-    hidden = hidden_size(shape)
-    ratio = hidden / shape["width"]
-    if int(shape["width"] * ratio) != hidden:  # timm computes int(embed_dim * mlp_ratio)
-        raise UserInputError(f"open_clip export: an MLP width of {hidden} for width {shape['width']} has no "
-                             "mlp_ratio timm rounds back to it (model.image_tower.init_args.mlp_ratio)")
+    # timm's MLP width is int(embed_dim * mlp_ratio): half a unit up keeps float rounding from flooring below
+    ratio = (hidden_size(shape) + 0.5) / shape["width"]
     return dict(img_size=shape["image_size"], patch_size=shape["patch_size"], embed_dim=shape["width"],
                 depth=shape["layers"], num_heads=shape["heads"], mlp_ratio=ratio, class_token=False,
                 global_pool="map", act_layer="gelu_tanh", num_classes=0)

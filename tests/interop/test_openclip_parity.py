@@ -127,3 +127,47 @@ def test_clip_benchmark_scores_the_export_as_our_callbacks_do(exported):
     for k in KS:
         assert theirs["retrieval"][f"text_retrieval_recall@{k}"] == pytest.approx(recalls[f"image_to_text_R@{k}"])
         assert theirs["retrieval"][f"image_retrieval_recall@{k}"] == pytest.approx(recalls[f"text_to_image_R@{k}"])
+
+
+def test_released_timm_names_are_used_only_for_identical_towers():
+    from siglip_lightning.interop.openclip_timm import released_name
+
+    base32 = dict(image_size=256, patch_size=32, width=768, layers=12, heads=12, mlp_ratio=4.0, norm_eps=1e-6)
+    assert released_name(base32) == "vit_base_patch32_siglip_256"  # tanh-GELU, as ours
+    assert released_name({**base32, "norm_eps": 1e-5}) is None
+    assert released_name({**base32, "layers": 11}) is None
+    # timm's SigLIP 1 towers use exact GELU: not ours, whatever the shape
+    assert released_name({**base32, "patch_size": 16, "image_size": 224}) is None
+
+
+OWN_SHAPE_PEER = """
+    import json, sys
+    import torch, open_clip
+    args = json.loads(sys.argv[1])
+    model = open_clip.create_model("local-dir:" + args["folder"]).eval()
+    images, text = torch.tensor(args["images"]), torch.tensor(args["text"])
+    with torch.no_grad():
+        print(json.dumps({"image": model.encode_image(images).tolist(), "text": model.encode_text(text).tolist()}))
+"""
+
+
+def test_an_odd_shape_builds_in_plain_open_clip(tmp_path):
+    """An MLP width (61 for width 14) that timm's mlp_ratio arithmetic floors below when given 61 / 14."""
+    from siglip_lightning import SigLIPModule, TextTower, VisionTower
+    from siglip_lightning.interop.export import export_module
+
+    torch.manual_seed(5)
+    module = SigLIPModule(VisionTower(image_size=12, patch_size=4, width=14, layers=2, heads=2,
+                                      mlp_ratio=61.5 / 14, norm_eps=1e-6),
+                          TextTower(vocab_size=50, context_length=6, width=10, layers=1, heads=2, output_dim=14))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    module.eval()
+    assert module.image_tower.transformer.resblocks[0].mlp.c_fc.out_features == 61
+    export_module(module, "open_clip", tmp_path)
+    images, text = torch.randn(3, 3, 12, 12), torch.randint(0, 50, (3, 6))
+    theirs = run_peer(OWN_SHAPE_PEER, {"folder": str(tmp_path), "images": images.tolist(), "text": text.tolist()})
+    with torch.no_grad():
+        assert (torch.tensor(theirs["image"]) - module.image_tower(images)).abs().max() < TOL
+        assert (torch.tensor(theirs["text"]) - module.text_tower(text)).abs().max() < TOL
