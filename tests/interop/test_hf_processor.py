@@ -52,6 +52,23 @@ def test_exported_siglip_tokenizer_gives_the_training_ids(tmp_path, length):
     assert len({tuple(row) for row in ours}) > len(CAPTIONS) - 3  # the captions do differ in ids
 
 
+def test_canonicalize_is_siglip_tokenizers_rule_on_random_text(tmp_path):
+    import random
+    import string
+
+    from transformers import SiglipTokenizer
+
+    from siglip_lightning.data.tokenizer import canonicalize
+
+    reference = SiglipTokenizer(vocab_file=str(train_sentencepiece(CORPUS, tmp_path / "spm.model", vocab_size=120)))
+    pool = string.printable + "éÉ—“”\u00a0\u3000\u2028\x1c\x85ΣΟİß日\u2581"
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 40)))
+        # SiglipTokenizer turns "▁" into a space before canonicalize_text (in tokenize)
+        assert canonicalize(text) == reference.canonicalize_text(text.replace("\u2581", " ")), repr(text)
+
+
 def test_trained_tokenizer_learns_canonical_text(tmp_path):
     """Punctuation never reaches the vocabulary: the model is trained on the text it will encode."""
     import sentencepiece as spm
