@@ -172,3 +172,13 @@ def test_pipeline_warning_only_below_64_positions():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_pipeline_cannot_run(64)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "gemma"])
+def test_tokenizers_trained_under_the_old_text_rule_are_not_reused(tmp_path, monkeypatch, kind):
+    from siglip_lightning.data import tokenizers
+
+    key = ["data", ["text"], 1000]
+    current = tokenizers.trained_tokenizer_file(tmp_path, kind, 256, key)
+    monkeypatch.setattr(tokenizers, "TEXT_RULE_VERSION", {kind: 1})
+    assert tokenizers.trained_tokenizer_file(tmp_path, kind, 256, key) != current
