@@ -95,7 +95,8 @@ def train_sentencepiece(
     """
     return train_sentencepiece_file(
         captions, model_path, "a SentencePiece tokenizer", canonicalize, vocab_size=vocab_size,
-        model_type=model_type, hard_vocab_limit=False, character_coverage=1.0, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1)
+        model_type=model_type, hard_vocab_limit=False, character_coverage=1.0, unk_id=UNK_ID, eos_id=EOS_ID,
+        bos_id=-1, pad_id=-1)
 
 
 def train_sentencepiece_file(captions: Iterable[str], model_path: Union[str, os.PathLike], what: str,

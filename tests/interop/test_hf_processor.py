@@ -1,4 +1,4 @@
-"""The processor an ``--format hf`` export writes gives, in plain transformers, the run's token ids and image tensors."""
+"""The processor of an ``--format hf`` export gives, in plain transformers, the run's token ids and image tensors."""
 from __future__ import annotations
 
 import warnings
@@ -77,7 +77,8 @@ def test_trained_tokenizer_learns_canonical_text(tmp_path):
     processor = spm.SentencePieceProcessor(model_file=str(model))
     pieces = {processor.id_to_piece(i) for i in range(processor.get_piece_size())}
     assert not any(ch in piece for piece in pieces for ch in "-!.,?"), pieces
-    assert SentencePieceTokenizer(model, 8)(["A-B! C.D, e?"]).tolist() == SentencePieceTokenizer(model, 8)(["ab cd e"]).tolist()
+    tokenizer = SentencePieceTokenizer(model, 8)
+    assert tokenizer(["A-B! C.D, e?"]).tolist() == tokenizer(["ab cd e"]).tolist()
 
 
 def test_exported_gemma_tokenizer_gives_the_training_ids(tmp_path):
@@ -109,7 +110,8 @@ def _pixels_in_transformers(folder, images, tmp_path, backend=None):
         from PIL import Image
         from transformers import AutoProcessor
         args = json.loads(sys.argv[1])
-        processor = AutoProcessor.from_pretrained(args["folder"], **({"backend": args["backend"]} if args["backend"] else {}))
+        options = {"backend": args["backend"]} if args["backend"] else {}
+        processor = AutoProcessor.from_pretrained(args["folder"], **options)
         pixels = processor(images=[Image.open(p) for p in args["paths"]], return_tensors="pt")["pixel_values"]
         print(json.dumps(pixels.tolist()))
     """
@@ -148,7 +150,8 @@ def test_other_resize_backends_warn_and_stay_close(tmp_path):
 def test_pil_exact_runs_are_reproduced_by_the_pil_backend(tmp_path):
     model = train_sentencepiece(CORPUS, tmp_path / "spm.model", vocab_size=120)
     with pytest.warns(UserWarning, match="backend='pil'"):
-        save_hf_processor(model, tmp_path / "out", 64, image_settings({"image_size": 24, "image_resize_backend": "pil_exact"}))
+        settings = image_settings({"image_size": 24, "image_resize_backend": "pil_exact"})
+        save_hf_processor(model, tmp_path / "out", 64, settings)
     images = _images()
     ours = torch.stack([ImageTransform(24, resize_backend="pil_exact")(image) for image in images])
     assert (_pixels_in_transformers(tmp_path / "out", images, tmp_path, backend="pil") - ours).abs().max() < 1e-5
