@@ -56,7 +56,8 @@ def train_gemma_sentencepiece(captions: Iterable[str], model_path: Union[str, os
     Byte fallback adds 256 byte pieces, so ``vocab_size`` must leave room for them plus the characters.
     """
     return train_sentencepiece_file(
-        captions, model_path, "a Gemma-style SentencePiece tokenizer", lower_each_character, vocab_size=vocab_size, model_type="bpe",
+        captions, model_path, "a Gemma-style SentencePiece tokenizer", lower_each_character, vocab_size=vocab_size,
+        model_type="bpe",
         hard_vocab_limit=False, character_coverage=1.0, byte_fallback=True, split_digits=True,
         add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
         pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, pad_piece="<pad>", eos_piece="<eos>",

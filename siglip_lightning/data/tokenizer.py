@@ -16,16 +16,15 @@ from siglip_lightning.errors import UserInputError
 
 EOS_ID = 1  # pad = EOS, as in big_vision's SigLIP tokenizers
 UNK_ID = 0
-_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
-_SPACES = re.compile(r"\s+")
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")
 
 
 def canonicalize(text: str) -> str:
     """SigLIP's text canonicalisation (big_vision trains and evaluates this way; transformers'
     ``SiglipTokenizer`` applies it): lower-case, ASCII punctuation removed, whitespace runs collapsed
     to one space, ends stripped. ``"▁"`` (SentencePiece's word mark) counts as a space, as there."""
-    text = text.replace("\u2581", " ").lower().translate(_NO_PUNCTUATION)
-    return _SPACES.sub(" ", text).strip()
+    # str.split() splits on exactly the characters re's \s matches; twice as fast as translate + sub
+    return " ".join(_PUNCTUATION.sub("", text.replace("\u2581", " ").lower()).split())
 
 
 class SentencePieceTokenizer:
@@ -96,7 +95,8 @@ def train_sentencepiece(
     """
     return train_sentencepiece_file(
         captions, model_path, "a SentencePiece tokenizer", canonicalize, vocab_size=vocab_size,
-        model_type=model_type, hard_vocab_limit=False, character_coverage=1.0, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1)
+        model_type=model_type, hard_vocab_limit=False, character_coverage=1.0, unk_id=UNK_ID, eos_id=EOS_ID,
+        bos_id=-1, pad_id=-1)
 
 
 def train_sentencepiece_file(captions: Iterable[str], model_path: Union[str, os.PathLike], what: str,

@@ -1,4 +1,4 @@
-"""The processor an ``--format hf`` export writes gives, in plain transformers, the run's token ids and image tensors."""
+"""The processor of an ``--format hf`` export gives, in plain transformers, the run's token ids and image tensors."""
 from __future__ import annotations
 
 import warnings
@@ -52,6 +52,23 @@ def test_exported_siglip_tokenizer_gives_the_training_ids(tmp_path, length):
     assert len({tuple(row) for row in ours}) > len(CAPTIONS) - 3  # the captions do differ in ids
 
 
+def test_canonicalize_is_siglip_tokenizers_rule_on_random_text(tmp_path):
+    import random
+    import string
+
+    from transformers import SiglipTokenizer
+
+    from siglip_lightning.data.tokenizer import canonicalize
+
+    reference = SiglipTokenizer(vocab_file=str(train_sentencepiece(CORPUS, tmp_path / "spm.model", vocab_size=120)))
+    pool = string.printable + "éÉ—“”\u00a0\u3000\u2028\x1c\x85ΣΟİß日\u2581"
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 40)))
+        # SiglipTokenizer turns "▁" into a space before canonicalize_text (in tokenize)
+        assert canonicalize(text) == reference.canonicalize_text(text.replace("\u2581", " ")), repr(text)
+
+
 def test_trained_tokenizer_learns_canonical_text(tmp_path):
     """Punctuation never reaches the vocabulary: the model is trained on the text it will encode."""
     import sentencepiece as spm
@@ -60,7 +77,8 @@ def test_trained_tokenizer_learns_canonical_text(tmp_path):
     processor = spm.SentencePieceProcessor(model_file=str(model))
     pieces = {processor.id_to_piece(i) for i in range(processor.get_piece_size())}
     assert not any(ch in piece for piece in pieces for ch in "-!.,?"), pieces
-    assert SentencePieceTokenizer(model, 8)(["A-B! C.D, e?"]).tolist() == SentencePieceTokenizer(model, 8)(["ab cd e"]).tolist()
+    tokenizer = SentencePieceTokenizer(model, 8)
+    assert tokenizer(["A-B! C.D, e?"]).tolist() == tokenizer(["ab cd e"]).tolist()
 
 
 def test_exported_gemma_tokenizer_gives_the_training_ids(tmp_path):
@@ -92,7 +110,8 @@ def _pixels_in_transformers(folder, images, tmp_path, backend=None):
         from PIL import Image
         from transformers import AutoProcessor
         args = json.loads(sys.argv[1])
-        processor = AutoProcessor.from_pretrained(args["folder"], **({"backend": args["backend"]} if args["backend"] else {}))
+        options = {"backend": args["backend"]} if args["backend"] else {}
+        processor = AutoProcessor.from_pretrained(args["folder"], **options)
         pixels = processor(images=[Image.open(p) for p in args["paths"]], return_tensors="pt")["pixel_values"]
         print(json.dumps(pixels.tolist()))
     """
@@ -131,7 +150,8 @@ def test_other_resize_backends_warn_and_stay_close(tmp_path):
 def test_pil_exact_runs_are_reproduced_by_the_pil_backend(tmp_path):
     model = train_sentencepiece(CORPUS, tmp_path / "spm.model", vocab_size=120)
     with pytest.warns(UserWarning, match="backend='pil'"):
-        save_hf_processor(model, tmp_path / "out", 64, image_settings({"image_size": 24, "image_resize_backend": "pil_exact"}))
+        settings = image_settings({"image_size": 24, "image_resize_backend": "pil_exact"})
+        save_hf_processor(model, tmp_path / "out", 64, settings)
     images = _images()
     ours = torch.stack([ImageTransform(24, resize_backend="pil_exact")(image) for image in images])
     assert (_pixels_in_transformers(tmp_path / "out", images, tmp_path, backend="pil") - ours).abs().max() < 1e-5
@@ -155,3 +175,13 @@ def test_pipeline_warning_only_below_64_positions():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_pipeline_cannot_run(64)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "gemma"])
+def test_tokenizers_trained_under_the_old_text_rule_are_not_reused(tmp_path, monkeypatch, kind):
+    from siglip_lightning.data import tokenizers
+
+    key = ["data", ["text"], 1000]
+    current = tokenizers.trained_tokenizer_file(tmp_path, kind, 256, key)
+    monkeypatch.setattr(tokenizers, "TEXT_RULE_VERSION", {kind: 1})
+    assert tokenizers.trained_tokenizer_file(tmp_path, kind, 256, key) != current
