@@ -183,10 +183,13 @@ def vision_from_open_clip(model: nn.Module) -> Tuple[Dict, Dict[str, torch.Tenso
                              "(SigLIP's layout) can initialise a VisionTower")
     block = trunk.blocks[0]
     _warn_if_exact_gelu(block.mlp.act, "image")
+    scale = openclip_timm.projection_scale(getattr(model.visual, "head", None), trunk.embed_dim)
     kwargs = dict(image_size=trunk.patch_embed.img_size[0], patch_size=trunk.patch_embed.patch_size[0],
                   width=trunk.embed_dim, layers=len(trunk.blocks), heads=block.attn.num_heads,
-                  mlp_ratio=block.mlp.fc1.out_features / trunk.embed_dim, pool_type="map", norm_eps=trunk.norm.eps)
+                  mlp_ratio=block.mlp.fc1.out_features / trunk.embed_dim, pool_type="map",
+                  norm_eps=trunk.norm.eps / scale**2)
     state = {k: v.detach() for k, v in trunk.state_dict().items()}
+    state = openclip_timm.scale_residual_streams(state, len(trunk.blocks), 1.0 / scale)
     return kwargs, vision_from_timm(state, len(trunk.blocks))
 
 

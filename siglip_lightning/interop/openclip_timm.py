@@ -109,3 +109,18 @@ def scale_residual_streams(trunk: Dict[str, torch.Tensor], layers: int, scale: f
 def unscale_projection(width: int, scale: float) -> Dict[str, torch.Tensor]:
     """open_clip's ``visual.head.proj``: 1 / scale on the pooled feature (none when scale is 1)."""
     return {} if scale == 1.0 else {"visual.head.proj.weight": torch.eye(width) / scale}
+
+
+def projection_scale(head, width: int) -> float:
+    """``s`` of an exported trunk read back: 1 without a projection, else the inverse of its
+    ``eye / s`` weight. Any other projection has no place in a VisionTower."""
+    proj = getattr(head, "proj", None) if head is not None else None
+    extra = [name for name, _ in head.named_children() if name not in ("proj", "drop")] if head is not None else []
+    if proj is None and not extra:
+        return 1.0
+    weight = getattr(proj, "weight", None)
+    if extra or weight is None or proj.bias is not None or weight.shape != (width, width) \
+            or not torch.equal(weight, torch.diag(weight.diagonal())) or not torch.all(weight.diagonal() == weight[0, 0]):
+        raise UserInputError("only open_clip image towers without a projection after the timm trunk (or the "
+                             "eps-rescaling one a siglip-lightning export writes) can initialise a VisionTower")
+    return 1.0 / float(weight[0, 0])

@@ -171,3 +171,26 @@ def test_an_odd_shape_builds_in_plain_open_clip(tmp_path):
     with torch.no_grad():
         assert (torch.tensor(theirs["image"]) - module.image_tower(images)).abs().max() < TOL
         assert (torch.tensor(theirs["text"]) - module.text_tower(text)).abs().max() < TOL
+
+
+def test_a_rescaled_export_reads_back_as_the_original_tower(tmp_path):
+    """eps 1e-5: the export's residual-stream scaling is undone on the way back in."""
+    from siglip_lightning import SigLIPModule, TextTower, VisionTower
+    from siglip_lightning.interop.export import export_module
+    from siglip_lightning.interop.openclip import create_open_clip, vision_from_open_clip
+
+    torch.manual_seed(6)
+    tower = VisionTower(image_size=16, patch_size=8, width=32, layers=2, heads=2, norm_eps=1e-5)
+    module = SigLIPModule(tower, TextTower(vocab_size=50, context_length=6, width=32, layers=1, heads=2,
+                                           output_dim=32)).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    export_module(module, "open_clip", tmp_path)
+    kwargs, state = vision_from_open_clip(create_open_clip(f"local-dir:{tmp_path}"))
+    assert kwargs["norm_eps"] == pytest.approx(1e-5)
+    again = VisionTower(**kwargs)
+    again.load_state_dict(state)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (again.eval()(images) - tower(images)).abs().max() < TOL
