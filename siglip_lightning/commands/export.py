@@ -27,7 +27,8 @@ def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]
         format: ``hf`` (transformers ``SiglipModel``) or ``open_clip``; default: the format of the
             checkpoint the run was fine-tuned from (``--pretrained``), whose processor is carried over.
         tokenizer: SentencePiece ``.model`` to ship (default: the one recorded by the run's datamodule); with
-            ``hf`` it is written with an image processor that is the run's eval transform (docs/EXPORT.md).
+            ``hf`` it is written with an image processor, with ``open_clip`` with a ``preprocess_cfg``, that
+            is the run's eval transform (docs/EXPORT.md).
     """
     module, checkpoint = load_checkpoint(ckpt_path)
     source_format, source = pretrained_source(checkpoint)
