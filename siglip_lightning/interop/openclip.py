@@ -155,12 +155,16 @@ def create_open_clip(model_name: str, checkpoint_path: Optional[str] = None) -> 
     timm_model = (config.get("vision_cfg") or {}).get("timm_model_name")
     if timm_model and _NAME.match(timm_model):
         register_timm_vit(timm_model)
-    if checkpoint_path is None and model_name.startswith("local-dir:"):
-        bundled = Path(model_name[len("local-dir:"):]).expanduser() / WEIGHTS
-        checkpoint_path = str(bundled) if bundled.is_file() else None
+    overrides = {}
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):]).expanduser()
+        bundled = folder / WEIGHTS
+        if checkpoint_path is None:
+            checkpoint_path = str(bundled) if bundled.is_file() else None
+        overrides = openclip_timm.relocated_trunk(config["vision_cfg"], folder)
     if checkpoint_path is not None and not Path(checkpoint_path).expanduser().is_file():
         raise UserInputError(f"open_clip checkpoint not found: {checkpoint_path}")
-    model = open_clip.create_model(model_name, load_weights=False)
+    model = open_clip.create_model(model_name, load_weights=False, **overrides)
     if checkpoint_path is not None:
         open_clip.load_checkpoint(model, checkpoint_path, strict=True)
     return model.eval()

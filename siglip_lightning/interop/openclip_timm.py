@@ -124,3 +124,14 @@ def projection_scale(head, width: int) -> float:
         raise UserInputError("only open_clip image towers without a projection after the timm trunk (or the "
                              "eps-rescaling one a siglip-lightning export writes) can initialise a VisionTower")
     return 1.0 / float(weight[0, 0])
+
+
+def relocated_trunk(vision: Dict, folder: Path) -> Dict:
+    """``create_model`` overrides for an export that was moved: its own ``timm_trunk`` (plain open_clip
+    users pass the same ``vision_cfg=`` override); ``{}`` when nothing needs changing."""
+    name = vision.get("timm_model_name") or ""
+    here = folder / TRUNK_DIR
+    if not name.startswith("local-dir:") or (Path(name[len("local-dir:"):]) / "config.json").is_file() \
+            or not (here / "config.json").is_file():
+        return {}
+    return {"vision_cfg": {**vision, "timm_model_name": f"local-dir:{here.resolve()}"}}

@@ -194,3 +194,21 @@ def test_a_rescaled_export_reads_back_as_the_original_tower(tmp_path):
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert (again.eval()(images) - tower(images)).abs().max() < TOL
+
+
+def test_a_moved_export_still_loads_through_create_open_clip(tmp_path):
+    import shutil
+
+    from siglip_lightning import SigLIPModule, TextTower, VisionTower
+    from siglip_lightning.interop.export import export_module
+    from siglip_lightning.interop.openclip import create_open_clip
+
+    torch.manual_seed(7)
+    module = SigLIPModule(VisionTower(image_size=16, patch_size=8, width=32, layers=1, heads=2),
+                          TextTower(vocab_size=50, context_length=6, width=32, layers=1, heads=2, output_dim=32)).eval()
+    export_module(module, "open_clip", tmp_path / "first")
+    shutil.move(tmp_path / "first", tmp_path / "second")
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        theirs = create_open_clip(f"local-dir:{tmp_path / 'second'}").encode_image(images)
+        assert (theirs - module.image_tower(images)).abs().max() < TOL
