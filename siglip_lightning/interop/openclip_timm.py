@@ -119,8 +119,9 @@ def projection_scale(head, width: int) -> float:
     if proj is None and not extra:
         return 1.0
     weight = getattr(proj, "weight", None)
-    if extra or weight is None or proj.bias is not None or weight.shape != (width, width) \
-            or not torch.equal(weight, torch.diag(weight.diagonal())) or not torch.all(weight.diagonal() == weight[0, 0]):
+    scaled_identity = weight is not None and weight.shape == (width, width) \
+        and torch.equal(weight, torch.eye(width) * weight[0, 0])
+    if extra or not scaled_identity or proj.bias is not None:
         raise UserInputError("only open_clip image towers without a projection after the timm trunk (or the "
                              "eps-rescaling one a siglip-lightning export writes) can initialise a VisionTower")
     return 1.0 / float(weight[0, 0])
