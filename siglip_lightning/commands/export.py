@@ -12,8 +12,9 @@ from typing import List, Literal, Optional
 from jsonargparse import CLI
 
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.interop.export import export_module, load_checkpoint, pretrained_source, tokenizer_from_checkpoint
-from siglip_lightning.interop.hf_siglip2 import image_settings_from_checkpoint
+from siglip_lightning.interop.export import (
+    export_module, image_settings_from_checkpoint, load_checkpoint, pretrained_source, tokenizer_from_checkpoint,
+)
 
 
 def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]] = None,
@@ -25,7 +26,9 @@ def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]
         out: output folder.
         format: ``hf`` (transformers ``SiglipModel``) or ``open_clip``; default: the format of the
             checkpoint the run was fine-tuned from (``--pretrained``), whose processor is carried over.
-        tokenizer: SentencePiece ``.model`` to ship (default: the one recorded by the run's datamodule).
+        tokenizer: SentencePiece ``.model`` to ship (default: the one recorded by the run's datamodule); with
+            ``hf`` it is written with an image processor, with ``open_clip`` with a ``preprocess_cfg``, that
+            is the run's eval transform (docs/EXPORT.md).
     """
     module, checkpoint = load_checkpoint(ckpt_path)
     source_format, source = pretrained_source(checkpoint)
@@ -34,7 +37,7 @@ def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]
         raise UserInputError("--format is required (hf or open_clip): the run was not fine-tuned from --pretrained")
     if source is not None and format == source_format:
         written = export_module(module, format, out, source=source,
-                                image_settings=image_settings_from_checkpoint(checkpoint))
+                                image_settings=image_settings_from_checkpoint(module, checkpoint))
         print(f"exported {format} model with the processor of {source} to {written}")
         return
     tokenizer = tokenizer or tokenizer_from_checkpoint(checkpoint)
@@ -42,7 +45,8 @@ def export(ckpt_path: str, out: str, format: Optional[Literal["hf", "open_clip"]
         warnings.warn("no tokenizer found in the checkpoint's datamodule settings: exporting weights only")
     elif not Path(tokenizer).is_file():
         raise UserInputError(f"tokenizer model file not found: {tokenizer} (--tokenizer)")
-    written = export_module(module, format, out, tokenizer, image_settings=image_settings_from_checkpoint(checkpoint))
+    settings = image_settings_from_checkpoint(module, checkpoint)
+    written = export_module(module, format, out, tokenizer, image_settings=settings)
     print(f"exported {format} model to {written}")
 
 

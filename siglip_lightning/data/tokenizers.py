@@ -48,8 +48,19 @@ def make_tokenizer(tokenizer_type: str, tokenizer_path: Optional[str], model_fil
     return SentencePieceTokenizer(model_file, context_length)
 
 
+# Bumped whenever the text a trained tokenizer learns from changes, so stale cached models are not
+# reused: sentencepiece 2 = trained on canonicalised captions (was: lower-cased only); gemma 2 =
+# lower-cased character by character, <mask> a control symbol (never read from caption text).
+TEXT_RULE_VERSION = {"sentencepiece": 2, "gemma": 2}
+
+
 def trained_tokenizer_file(cache_dir: Path, tokenizer_type: str, vocab_size: int, key: list) -> Path:
-    """Where a trained tokenizer is cached: one file per (data, caption fields, vocabulary, sample) ``key``."""
-    digest = hashlib.sha1(json.dumps([*key[:-1], vocab_size, key[-1]]).encode()).hexdigest()[:12]
+    """Where a trained tokenizer is cached: one file per (data, caption fields, vocabulary, sample) ``key``
+    and version of the tokenizer's text rule."""
+    parts = [*key[:-1], vocab_size, key[-1]]
+    version = TEXT_RULE_VERSION.get(tokenizer_type, 1)
+    if version > 1:  # version 1 keys stay as they were: those cached files are still right
+        parts.append(f"text-rule-{version}")
+    digest = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:12]
     kind = "gemma-" if tokenizer_type == "gemma" else ""
     return Path(cache_dir) / "tokenizers" / f"spm-{kind}{vocab_size}-{digest}.model"

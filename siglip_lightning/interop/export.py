@@ -1,12 +1,15 @@
 """Export a trained SigLIPModule to a Hugging Face ``SiglipModel`` folder or an open_clip model
 (the command is ``siglip-lightning export``, ``commands/export.py``).
 
-``hf``: ``config.json`` + ``model.safetensors`` (+ tokenizer files: ``spiece.model``, our exact
-SentencePiece model, and a ``SiglipTokenizer`` over it), loadable with
-``transformers.SiglipModel.from_pretrained(out)``; a NaFlex image tower gives a ``Siglip2Model``
-folder instead (``interop/hf_siglip2.py``), with its image processor at the run's evaluation budget. ``open_clip``: ``open_clip_config.json`` +
-``open_clip_model.safetensors``, loadable with ``open_clip.create_model("local-dir:" + out)`` after
-``siglip_lightning.interop.openclip.register_timm_vit`` (or ``create_open_clip``, which does it).
+``hf``: ``config.json`` + ``model.safetensors`` + the run's processor (``spiece.model``, a
+``SiglipTokenizer`` giving the training ids, an image processor that is the run's eval transform:
+``interop/hf_processor.py``), loadable with ``AutoModel`` / ``AutoProcessor`` / the zero-shot
+pipeline; a NaFlex image tower gives a ``Siglip2Model`` folder instead (``interop/hf_siglip2.py``),
+with its image processor at the run's evaluation budget. See docs/EXPORT.md. ``open_clip``: ``open_clip_config.json`` +
+``open_clip_model.safetensors`` + the run's tokenizer and ``preprocess_cfg``
+(``interop/openclip_processor.py``), loadable by plain open_clip:
+``open_clip.create_model_and_transforms("local-dir:" + out)`` and ``open_clip.get_tokenizer`` (the
+image trunk is built by timm alone: ``interop/openclip_timm.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,10 @@ from typing import Optional, Tuple
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop import hf, openclip
+from siglip_lightning.interop.hf_processor import image_settings as fixed_image_settings
 from siglip_lightning.interop.hf_siglip2 import export_siglip2
+from siglip_lightning.interop.openclip_processor import write_open_clip_processor
+from siglip_lightning.interop.hf_siglip2 import image_settings_from_checkpoint as naflex_image_settings
 from siglip_lightning.towers.naflex import NaFlexVisionTower
 from siglip_lightning.towers.locked import unwrap
 from siglip_lightning.model.module import SigLIPModule
@@ -30,8 +36,9 @@ def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Opti
 
     ``source``: the checkpoint folder the run was fine-tuned from (``--pretrained``); its processor
     (tokenizer + image preprocessing) is written with the weights, so the export loads as it did.
-    ``image_settings``: for a NaFlex model, ``export_siglip2``'s ``max_num_patches`` / ``image_mean`` /
-    ``image_std`` (see :func:`~siglip_lightning.interop.hf_siglip2.image_settings_from_checkpoint`).
+    ``image_settings``: the run's eval transform (:func:`image_settings_from_checkpoint`): for a
+    NaFlex model ``export_siglip2``'s ``max_num_patches`` / ``image_mean`` / ``image_std``, else
+    ``SiglipImageProcessor`` settings (``interop/hf_processor.image_settings``).
     """
     towers = (unwrap(module.image_tower), unwrap(module.text_tower), module.logit_scale, module.logit_bias)
     if fmt == "hf":
@@ -39,7 +46,7 @@ def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Opti
         if isinstance(towers[0], NaFlexVisionTower):
             out = export_siglip2(*towers, out_dir, tokenizer_model=tokenizer, **(image_settings or {}))
         else:
-            out = hf.export_hf(*towers, out_dir, tokenizer_model=tokenizer)
+            out = hf.export_hf(*towers, out_dir, tokenizer_model=tokenizer, image_settings=image_settings)
         if source is not None:
             from transformers import AutoProcessor
 
@@ -50,7 +57,7 @@ def export_module(module: SigLIPModule, fmt: str, out_dir, tokenizer_model: Opti
         if source is not None:
             carry_open_clip_preprocessing(Path(source.removeprefix("local-dir:")), Path(out))
         elif tokenizer_model is not None:
-            (Path(out) / "spiece.model").write_bytes(Path(tokenizer_model).read_bytes())
+            write_open_clip_processor(Path(out), Path(tokenizer_model), image_settings)
         return out
     raise UserInputError(f"--format must be one of {FORMATS}, got {fmt!r}")
 
@@ -70,6 +77,17 @@ def carry_open_clip_preprocessing(source: Path, out: Path) -> None:
         import open_clip
 
         open_clip.get_tokenizer(f"local-dir:{source}").save_pretrained(str(out))
+
+
+def image_settings_from_checkpoint(module: SigLIPModule, checkpoint: dict) -> Optional[dict]:
+    """The run's eval transform as the hf image processor settings of ``module``'s image tower, read
+    from the checkpoint's datamodule record (``None`` when the checkpoint has none)."""
+    params = checkpoint.get("datamodule_hyper_parameters")
+    if not params:
+        return None
+    if isinstance(unwrap(module.image_tower), NaFlexVisionTower):
+        return naflex_image_settings(checkpoint)
+    return fixed_image_settings(params)
 
 
 def pretrained_source(checkpoint: dict) -> Tuple[Optional[str], Optional[str]]:

@@ -20,8 +20,11 @@ def hf_gemma_tokenizer(model_path, context_length: int = 64):
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
     extracted = SentencePieceExtractor(str(model_path)).extract(BPE)
+    # no attention_mask in its outputs: our text tower attends to padding too (big_vision's), and
+    # transformers masks it when handed a mask (the zero-shot pipeline passes whatever this returns)
     return Siglip2Tokenizer(vocab=extracted["vocab"], merges=extracted["merges"], add_bos_token=False,
-                            add_eos_token=True, model_max_length=context_length, padding_side="right")
+                            add_eos_token=True, model_max_length=context_length, padding_side="right",
+                            model_input_names=["input_ids"], split_special_tokens=True)
 
 
 def save_gemma_tokenizer(model_path, out_dir, context_length: int = 64) -> None:

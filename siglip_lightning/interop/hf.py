@@ -108,35 +108,53 @@ def to_hf_state_dict(image_tower: VisionTower, text_tower: TextTower, logit_scal
     return {k: v.contiguous().float() for k, v in out.items()}
 
 
-def save_hf_tokenizer(sentencepiece_model: Path, out_dir: Path, context_length: int) -> None:
-    """Write a ``SiglipTokenizer`` over our SentencePiece model, plus the raw ``.model`` itself.
-
-    ``SiglipTokenizer`` lower-cases and appends EOS as our tokenizer does, but it also strips
-    punctuation before encoding (big_vision's "canonicalize"); ours does not. So ids agree on
-    captions without punctuation; ``spiece.model`` is the exact tokenizer in any case.
-    """
-    shutil.copyfile(sentencepiece_model, out_dir / "spiece.model")
+def save_hf_processor(sentencepiece_model: Optional[Path], out_dir: Path, context_length: int,
+                      image_settings: Optional[Dict] = None) -> None:
+    """Write the run's processor: the raw ``spiece.model``, a ``SiglipTokenizer`` over it that gives the
+    training ids, and (with ``image_settings``, see ``interop/hf_processor.py``) the image processor."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if sentencepiece_model is not None:
+        shutil.copyfile(sentencepiece_model, out_dir / "spiece.model")
     try:
-        from transformers import SiglipTokenizer
+        import transformers  # noqa: F401
     except ImportError:
-        warnings.warn("transformers is not installed: wrote spiece.model only, no SiglipTokenizer files "
+        warnings.warn("transformers is not installed: wrote spiece.model only, no processor files "
                       "(pip install 'siglip-lightning[interop]')")
         return
-    tokenizer = SiglipTokenizer(vocab_file=str(out_dir / "spiece.model"), model_max_length=context_length)
-    tokenizer.save_pretrained(str(out_dir))
+    from siglip_lightning.interop.hf_processor import save_siglip_processor, siglip_tokenizer
+
+    if sentencepiece_model is None:
+        if image_settings is not None:
+            from transformers import SiglipImageProcessor
+
+            settings = {k: v for k, v in image_settings.items() if not k.startswith("_")}
+            SiglipImageProcessor(**settings).save_pretrained(str(out_dir))
+        return
+    tokenizer = siglip_tokenizer(out_dir / "spiece.model", context_length)
+    if image_settings is None:
+        tokenizer.save_pretrained(str(out_dir))
+    else:
+        save_siglip_processor(out_dir, tokenizer, image_settings)
 
 
 def export_hf(image_tower: VisionTower, text_tower: TextTower, logit_scale: torch.Tensor,
-              logit_bias: Optional[torch.Tensor], out_dir, tokenizer_model: Optional[str] = None) -> Path:
-    """Write a folder that ``transformers.SiglipModel.from_pretrained`` loads offline."""
+              logit_bias: Optional[torch.Tensor], out_dir, tokenizer_model: Optional[str] = None,
+              image_settings: Optional[Dict] = None) -> Path:
+    """Write a folder that ``transformers.SiglipModel.from_pretrained`` loads offline; with the run's
+    ``tokenizer_model`` and ``image_settings``, ``AutoProcessor`` and the zero-shot pipeline too."""
+    from siglip_lightning.interop.hf_processor import warn_if_pipeline_cannot_run
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = hf_config(image_tower, text_tower)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     save_file(to_hf_state_dict(image_tower, text_tower, logit_scale, logit_bias), str(out_dir / WEIGHTS),
               metadata={"format": "pt"})
-    if tokenizer_model is not None:
-        save_hf_tokenizer(Path(tokenizer_model), out_dir, text_tower.context_length)
+    warn_if_pipeline_cannot_run(text_tower.context_length)
+    if tokenizer_model is not None or image_settings is not None:
+        save_hf_processor(Path(tokenizer_model) if tokenizer_model else None, out_dir, text_tower.context_length,
+                          image_settings)
     return out_dir
 
 

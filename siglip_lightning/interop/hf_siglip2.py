@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop.hf import read_hf_folder
+from siglip_lightning.interop.hf_processor import warn_if_pipeline_cannot_run
 from siglip_lightning.interop.keys import (
     HF_BLOCK, dense_text_state, linear_pairs, load_exact, norm_eps, split_qkv, text_shape,
 )
@@ -173,6 +174,7 @@ def export_siglip2(image_tower: NaFlexVisionTower, text_tower: TextTower, logit_
             "transformers' Siglip2Processor(...) applies 16 / 256 / 64 unless passed per call "
             f"(patch_size={image_tower.patch_size}, max_num_patches={max_num_patches}, "
             f"max_length={text_tower.context_length})")
+    warn_if_pipeline_cannot_run(text_tower.context_length)
     if tokenizer_model is not None:
         from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
 

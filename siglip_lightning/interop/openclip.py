@@ -5,10 +5,10 @@ open_clip builds its SigLIP models from a timm ViT (``global_pool='map'``) and i
 ``text.``; the image tower maps onto timm's layout under ``visual.trunk.`` (packed qkv stays packed;
 the MAP head's packed in_proj splits into timm's ``q`` and ``kv``).
 
-timm names fix an architecture, so an exported tower of any size gets a timm name that encodes its
-shape (``siglip_lightning_vit_i32_p8_w64_d2_h4_f256_eps5``) and :func:`register_timm_vit` registers
-it: call it (or import this module and use :func:`create_open_clip`) before ``open_clip.create_model``.
-The registered model uses tanh-GELU like our towers; timm's own ``vit_*_siglip_*`` use exact GELU.
+An export names its image trunk so that plain open_clip + timm build it (``interop/openclip_timm.py``:
+timm's own SigLIP name, or a timm ``local-dir:`` config). :func:`register_timm_vit` / :func:`timm_name`
+remain for callers that build open_clip configs by hand (tests, older exports): a registered timm name
+encoding the shape (``siglip_lightning_vit_i32_p8_w64_d2_h4_f256_eps5``), tanh-GELU like our towers.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from siglip_lightning.errors import UserInputError
+from siglip_lightning.interop import openclip_timm
 from siglip_lightning.interop.keys import TIMM_BLOCK, dense_text_state, linear_pairs, text_shape, vision_shape
 from siglip_lightning.towers import TextTower, VisionTower
 
@@ -97,29 +98,33 @@ def vision_from_timm(state: Dict[str, torch.Tensor], layers: int) -> Dict[str, t
     return out
 
 
-def open_clip_config(image_tower: VisionTower, text_tower: TextTower) -> Dict:
-    """open_clip ``model_cfg`` (a CustomTextCLIP with a timm MAP tower and a bidirectional text tower)."""
+def open_clip_config(image_tower: VisionTower, text_tower: TextTower, out_dir: Path) -> Tuple[Dict, float]:
+    """(open_clip ``model_cfg``: a CustomTextCLIP with a timm MAP tower and a bidirectional text tower,
+    the trunk's residual-stream scale from :func:`openclip_timm.vision_cfg`)."""
     v, t = vision_shape(image_tower), text_shape(text_tower)
     if t["output_dim"] != v["width"]:
         raise UserInputError(f"text output_dim {t['output_dim']} must equal the image tower width {v['width']}")
+    vision, scale = openclip_timm.vision_cfg(v, out_dir)
     return {
         "embed_dim": v["width"],
         "init_logit_bias": -10,  # makes open_clip create a logit_bias parameter; the weights overwrite it
         "custom_text": True,
-        "vision_cfg": {"image_size": v["image_size"], "timm_model_name": timm_name(v), "timm_model_pretrained": False,
-                       "timm_pool": "map", "timm_proj": "none"},
+        "vision_cfg": vision,
         "text_cfg": {"context_length": t["context_length"], "vocab_size": t["vocab_size"], "width": t["width"],
                      "heads": t["heads"], "layers": t["layers"], "mlp_ratio": t["mlp_ratio"], "no_causal_mask": True,
                      "proj_bias": True, "pool_type": "last", "act_kwargs": {"approximate": "tanh"},
                      "norm_kwargs": {"eps": t["norm_eps"]}},
-    }
+    }, scale
 
 
 def to_open_clip_state_dict(image_tower: VisionTower, text_tower: TextTower, logit_scale: torch.Tensor,
-                            logit_bias: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+                            logit_bias: Optional[torch.Tensor], scale: float = 1.0) -> Dict[str, torch.Tensor]:
     shape = vision_shape(image_tower)
     image_state = {k: x.detach() for k, x in image_tower.state_dict().items()}
-    out = {f"visual.trunk.{k}": x for k, x in vision_to_timm(image_state, shape["layers"], shape["width"]).items()}
+    trunk = openclip_timm.scale_residual_streams(vision_to_timm(image_state, shape["layers"], shape["width"]),
+                                                 shape["layers"], scale)
+    out = {f"visual.trunk.{k}": x for k, x in trunk.items()}
+    out.update(openclip_timm.unscale_projection(shape["width"], scale))
     out.update({f"text.{k}": x.clone() for k, x in dense_text_state(text_tower).items()})
     out["logit_scale"] = logit_scale.detach().reshape(()).clone()
     out["logit_bias"] = (logit_bias.detach() if logit_bias is not None else torch.zeros(())).reshape(()).clone()
@@ -131,9 +136,10 @@ def export_open_clip(image_tower: VisionTower, text_tower: TextTower, logit_scal
     """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` (open_clip's ``local-dir:`` layout)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = open_clip_config(image_tower, text_tower)
+    config, scale = open_clip_config(image_tower, text_tower, out_dir)
     (out_dir / CONFIG).write_text(json.dumps({"model_cfg": config}, indent=2))
-    save_file(to_open_clip_state_dict(image_tower, text_tower, logit_scale, logit_bias), str(out_dir / WEIGHTS))
+    state = to_open_clip_state_dict(image_tower, text_tower, logit_scale, logit_bias, scale)
+    save_file(state, str(out_dir / WEIGHTS))
     return out_dir
 
 
@@ -149,12 +155,16 @@ def create_open_clip(model_name: str, checkpoint_path: Optional[str] = None) -> 
     timm_model = (config.get("vision_cfg") or {}).get("timm_model_name")
     if timm_model and _NAME.match(timm_model):
         register_timm_vit(timm_model)
-    if checkpoint_path is None and model_name.startswith("local-dir:"):
-        bundled = Path(model_name[len("local-dir:"):]).expanduser() / WEIGHTS
-        checkpoint_path = str(bundled) if bundled.is_file() else None
+    overrides = {}
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):]).expanduser()
+        bundled = folder / WEIGHTS
+        if checkpoint_path is None:
+            checkpoint_path = str(bundled) if bundled.is_file() else None
+        overrides = openclip_timm.relocated_trunk(config["vision_cfg"], folder)
     if checkpoint_path is not None and not Path(checkpoint_path).expanduser().is_file():
         raise UserInputError(f"open_clip checkpoint not found: {checkpoint_path}")
-    model = open_clip.create_model(model_name, load_weights=False)
+    model = open_clip.create_model(model_name, load_weights=False, **overrides)
     if checkpoint_path is not None:
         open_clip.load_checkpoint(model, checkpoint_path, strict=True)
     return model.eval()
@@ -177,10 +187,13 @@ def vision_from_open_clip(model: nn.Module) -> Tuple[Dict, Dict[str, torch.Tenso
                              "(SigLIP's layout) can initialise a VisionTower")
     block = trunk.blocks[0]
     _warn_if_exact_gelu(block.mlp.act, "image")
+    scale = openclip_timm.projection_scale(getattr(model.visual, "head", None), trunk.embed_dim)
     kwargs = dict(image_size=trunk.patch_embed.img_size[0], patch_size=trunk.patch_embed.patch_size[0],
                   width=trunk.embed_dim, layers=len(trunk.blocks), heads=block.attn.num_heads,
-                  mlp_ratio=block.mlp.fc1.out_features / trunk.embed_dim, pool_type="map", norm_eps=trunk.norm.eps)
+                  mlp_ratio=block.mlp.fc1.out_features / trunk.embed_dim, pool_type="map",
+                  norm_eps=trunk.norm.eps / scale**2)
     state = {k: v.detach() for k, v in trunk.state_dict().items()}
+    state = openclip_timm.scale_residual_streams(state, len(trunk.blocks), 1.0 / scale)
     return kwargs, vision_from_timm(state, len(trunk.blocks))
 
 
