@@ -81,8 +81,7 @@ def _config_of(ckpt: Path) -> Optional[Path]:
 
 def _run_checkpoint(folder: Path) -> Optional[Path]:
     """The checkpoint of a run folder: ``last.ckpt`` of the newest log folder, else its newest ``.ckpt``."""
-    configs = [folder / "config.yaml"] if (folder / "config.yaml").is_file() else sorted(
-        folder.rglob("config.yaml"), key=lambda p: p.stat().st_mtime)
+    configs = sorted(folder.rglob("config.yaml"), key=lambda p: p.stat().st_mtime)
     for config in reversed(configs):
         ckpts = sorted((config.parent / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         last = config.parent / "checkpoints" / "last.ckpt"
