@@ -144,3 +144,47 @@ def test_bad_input_gets_one_clear_line(models, tmp_path, capsys):
     (tmp_path / "weird" / "weights.bin").write_bytes(b"0")
     line = _error_line(capsys, ["--model", str(tmp_path / "weird"), "--suite", str(write_suite(tmp_path / "d.yaml"))])
     assert "unknown model kind" in line
+
+
+def _tar(path: Path, members: dict) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_webdataset_tasks_score_as_the_same_images_in_folder_and_karpathy_layouts(models, tmp_path):
+    """A class field (``.cls``) and a json caption list (``.json``) in webdataset shards give the numbers of
+    the same images as an imagefolder and as a Karpathy split."""
+    from tests.helpers.eval_data import make_karpathy_json
+
+    folder = make_imagefolder(tmp_path / "shapes")
+    classes = sorted(p.name for p in folder.iterdir())
+    members = {}
+    for index, file in enumerate(sorted(folder.rglob("*.png"))):
+        members[f"{index:05d}.png"] = file.read_bytes()
+        members[f"{index:05d}.cls"] = str(classes.index(file.parent.name)).encode()
+    (tmp_path / "wds").mkdir()
+    _tar(tmp_path / "wds" / "test-0.tar", members)
+    split = make_karpathy_json(tmp_path / "coco", num_test=12)
+    members = {}
+    for index, entry in enumerate(e for e in json.loads(split.read_text())["images"] if e["split"] == "test"):
+        members[f"{index:05d}.png"] = (split.parent / entry["filepath"] / entry["filename"]).read_bytes()
+        members[f"{index:05d}.json"] = json.dumps({"captions": [s["raw"] for s in entry["sentences"]]}).encode()
+    (tmp_path / "wds_captions").mkdir()
+    _tar(tmp_path / "wds_captions" / "test-0.tar", members)
+    tasks = [{"name": "folder", "task": "zeroshot", "path": str(folder), "templates": "simple"},
+             {"name": "wds", "task": "zeroshot", "path": str(tmp_path / "wds"), "image_column": "png",
+              "label_column": "cls", "class_names": classes, "templates": "simple"},
+             {"name": "karpathy", "task": "retrieval", "path": str(split)},
+             {"name": "wds_captions", "task": "retrieval", "path": str(tmp_path / "wds_captions"),
+              "caption_column": "json.captions"}]
+    (record,) = evaluate([str(models["hf"])], str(write_suite(tmp_path / "suite.yaml", tasks)), device="cpu")
+    metrics = {name: entry["metrics"] for name, entry in record["tasks"].items()}
+    assert metrics["wds"] == metrics["folder"] and metrics["wds_captions"] == metrics["karpathy"]
+    assert 0 < metrics["karpathy"]["image_to_text_R@5"] < 1
