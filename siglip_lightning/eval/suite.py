@@ -1,5 +1,6 @@
 """A suite YAML: the evaluation tasks ``siglip-lightning evaluate`` runs, each one of the callbacks.
 
+    data_root: data      # optional: where relative task paths start (--data_root overrides)
     builtin: {num_validation: 500}   # optional: knobs of the built-in sets (default: the run's own)
     defaults:            # optional: keys given to every task (a task's own keys win)
       batch_size: 256
@@ -92,9 +93,11 @@ def load_suite(path: str, data_root: Optional[str] = None) -> Suite:
     where = f"suite {path}"
     if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), list) or not spec["tasks"]:
         raise UserInputError(f"{where}: expected a mapping with a non-empty 'tasks' list")
-    unknown = sorted(set(spec) - {"tasks", "defaults", "name", "builtin"})
+    unknown = sorted(set(spec) - {"tasks", "defaults", "name", "builtin", "data_root"})
     if unknown:
-        raise UserInputError(f"{where}: unknown top-level key(s) {unknown} (known: name, builtin, defaults, tasks)")
+        raise UserInputError(f"{where}: unknown top-level key(s) {unknown} (known: name, data_root, builtin, "
+                             "defaults, tasks)")
+    data_root = data_root or spec.get("data_root")
     root = Path(os.path.expanduser(data_root)) if data_root else None
     tasks = [_task(entry, spec.get("defaults") or {}, root, where) for entry in spec["tasks"]]
     names = [t.name for t in tasks]
