@@ -36,7 +36,7 @@ def class_embeddings(module: LightningModule, tokenizer, class_names: Sequence[s
 
 
 def topk_accuracy(image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
-                  ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
+                  ks: Sequence[int] = (1, 5), chunk: int = 4096) -> Dict[str, float]:
     """``{"top1": ..., "top5": ...}``: is the label among the K classes with the highest score?
 
     Under DDP each rank passes its own images; torchmetrics sums the counts over ranks in
@@ -47,10 +47,12 @@ def topk_accuracy(image_features: torch.Tensor, labels: torch.Tensor, classifier
         raise UserInputError(f"zero-shot classification needs at least 2 classes, got {num_classes}")
     meters = {k: MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro").to(classifier.device)
               for k in ks}
-    if labels.numel():
-        logits = image_features.float() @ classifier.float().T
+    # Scored a chunk of images at a time: 50k images x 1000 classes at once would be 200 MB of logits
+    # (plus torchmetrics' copies) for counts that add up chunk by chunk.
+    for start in range(0, labels.numel(), chunk):
+        logits = image_features[start:start + chunk].float() @ classifier.float().T
         for meter in meters.values():
-            meter.update(logits, labels)
+            meter.update(logits, labels[start:start + chunk])
     return {f"top{k}": float(meter.compute()) for k, meter in meters.items()}
 
 
