@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import yaml
@@ -33,19 +33,19 @@ class LoadedModel:
     checkpoint: str  # the file or folder the weights came from
 
 
-def _build(model: Dict[str, Any], data: Dict[str, Any]) -> Tuple[SigLIPModule, ImageTextDataModule]:
-    """Instantiate ``model`` / ``data`` config sections as the CLI does (class_path dicts, nested specs)."""
+def _build(**sections: Dict[str, Any]) -> Any:
+    """Instantiate ``model=`` / ``data=`` config sections as the CLI does (class_path dicts, nested specs)."""
     from jsonargparse import ArgumentParser
 
+    classes = {"model": SigLIPModule, "data": ImageTextDataModule}
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(SigLIPModule, "model", fail_untyped=False, sub_configs=True)
-    parser.add_class_arguments(ImageTextDataModule, "data", fail_untyped=False, sub_configs=True)
+    for key in sections:
+        parser.add_class_arguments(classes[key], key, fail_untyped=False, sub_configs=True)
     try:
-        config = parser.parse_object({"model": model, "data": data})
+        config = parser.parse_object(sections)
     except Exception as err:  # jsonargparse's own message names the key
         raise UserInputError(f"cannot read the model's settings: {str(err).splitlines()[0]}") from err
-    built = parser.instantiate_classes(config)
-    return built.model, built.data
+    return parser.instantiate_classes(config)
 
 
 def _nest(settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -65,7 +65,12 @@ def _from_pretrained(folder: Path) -> LoadedModel:
     except UserInputError as err:  # its messages name the --pretrained flag
         raise UserInputError(str(err).replace("--pretrained", "--model", 1)) from err
     sections = _nest(settings)
-    module, datamodule = _build(sections["model"], sections["data"])
+    if sections["data"].get("tokenizer_type") in ("sentencepiece", "gemma") and not sections["data"].get("tokenizer_path"):
+        # fit would train one on its captions; a released model's text must use its own
+        raise UserInputError(f"--model {folder}: no tokenizer file in the folder (SigLIP 2: tokenizer.model, the "
+                             "SentencePiece model of the release); copy it next to config.json")
+    built = _build(**sections)
+    module, datamodule = built.model, built.data
     kind = "open_clip" if (folder / "open_clip_config.json").is_file() and not (folder / "config.json").is_file() \
         else ("siglip2" if sections["data"].get("naflex") else "hf")
     return LoadedModel(module, datamodule, kind, str(folder))
@@ -97,7 +102,8 @@ def _from_run(ckpt: Path) -> LoadedModel:
     config = _config_of(ckpt)
     if config is not None:  # as `validate --config config.yaml --ckpt_path ckpt`
         saved = yaml.safe_load(config.read_text()) or {}
-        module, datamodule = _build(saved.get("model") or {}, saved.get("data") or {})
+        built = _build(model=saved.get("model") or {}, data=saved.get("data") or {})
+        module, datamodule = built.model, built.data
         module.load_state_dict(checkpoint["state_dict"], strict=True)
     else:
         from siglip_lightning.interop.export import load_checkpoint
@@ -105,8 +111,7 @@ def _from_run(ckpt: Path) -> LoadedModel:
         module, _ = load_checkpoint(str(ckpt))
         data = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items()
                 if not k.startswith("_")}
-        _, datamodule = _build({"image_tower": {"class_path": "torch.nn.Identity"},
-                                "text_tower": {"class_path": "torch.nn.Identity"}}, data)
+        datamodule = _build(data=data).data
     return LoadedModel(module, datamodule, "run", str(ckpt))
 
 

@@ -188,3 +188,24 @@ def test_webdataset_tasks_score_as_the_same_images_in_folder_and_karpathy_layout
     metrics = {name: entry["metrics"] for name, entry in record["tasks"].items()}
     assert metrics["wds"] == metrics["folder"] and metrics["wds_captions"] == metrics["karpathy"]
     assert 0 < metrics["karpathy"]["image_to_text_R@5"] < 1
+
+
+def test_a_lone_checkpoint_evaluates_from_the_settings_saved_inside_it(models, tmp_path):
+    import shutil
+
+    lone = tmp_path / "elsewhere" / "model.ckpt"
+    lone.parent.mkdir()
+    shutil.copy(next(models["run"].rglob("last.ckpt")), lone)
+    suite = str(write_suite(tmp_path / "suite.yaml", builtin=TINY_BUILTIN))
+    (alone,) = evaluate([str(lone)], suite, device="cpu")
+    (in_run,) = evaluate([str(models["run"])], suite, device="cpu")
+    assert alone["kind"] == "run" and all(alone["tasks"][t]["metrics"] == in_run["tasks"][t]["metrics"] for t in METRICS)
+
+
+def test_a_siglip2_folder_without_its_tokenizer_file_is_refused(models, tmp_path, capsys):
+    import shutil
+
+    folder = shutil.copytree(models["siglip2"], tmp_path / "siglip2")
+    (folder / "tokenizer.model").unlink()
+    line = _error_line(capsys, ["--model", str(folder), "--suite", str(write_suite(tmp_path / "s.yaml"))])
+    assert "no tokenizer file" in line
