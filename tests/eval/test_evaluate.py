@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,15 @@ def test_builtin_suite_runs_on_each_model_kind(models, tmp_path):
         assert "| shapes_zeroshot | top1 |" in (folder / "results.md").read_text()
     comparison = (out / "comparison.md").read_text()
     assert comparison.splitlines()[0] == "| task | metric | " + " | ".join(r["label"] for r in records) + " |"
+    # what leaves works without us: pandas reads the side-by-side table in a process without the package
+    read = ("import json, sys, pandas; rows = pandas.read_csv(sys.argv[1]).to_dict('records'); "
+            "assert 'siglip_lightning' not in sys.modules; print(json.dumps(rows))")
+    done = subprocess.run([sys.executable, "-c", read, str(out / "comparison.csv")], capture_output=True, text=True,
+                          cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    read_back = {(r["model"], r["task"], r["metric"]): r["value"] for r in json.loads(done.stdout)}
+    ours = {(r["label"], t, m): v for r in records for t, e in r["tasks"].items() for m, v in e["metrics"].items()}
+    assert read_back == pytest.approx(ours, abs=1e-12)
 
 
 def test_evaluate_on_a_run_equals_validate_with_the_same_callbacks(models, tmp_path):
