@@ -138,6 +138,7 @@ def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
 
 # Subcommands outside LightningCLI's fit/validate/test/predict, one module each in commands/ with main(argv).
 EXTRA_COMMANDS = {
+    "evaluate": "siglip_lightning.commands.evaluate",
     "export": "siglip_lightning.commands.export",
     "cache-embeddings": "siglip_lightning.commands.cache_embeddings",
     "train-tokenizer": "siglip_lightning.commands.train_tokenizer",

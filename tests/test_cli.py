@@ -90,9 +90,11 @@ def test_help_commands():
         assert key in fit.stdout
 
 
-# configs/experiments/ are grids for `siglip-lightning experiments` (tests/experiments/test_experiments.py).
+# configs/experiments/ are grids for `siglip-lightning experiments` (tests/experiments/test_experiments.py),
+# configs/eval/ suites for `siglip-lightning evaluate` (tests/eval/test_suites.py).
 # Configs marked "needs --pretrained" parse with a model folder in tests/interop/test_pretrained_finetune.py.
-CONFIGS = sorted(c for c in (REPO / "configs").rglob("*.yaml") if "experiments" not in c.relative_to(REPO / "configs").parts
+CONFIGS = sorted(c for c in (REPO / "configs").rglob("*.yaml")
+                 if not {"experiments", "eval"} & set(c.relative_to(REPO / "configs").parts)
                  and "needs --pretrained" not in c.read_text())
 # Partial configs parse on top of the run config they are meant to extend.
 ON_QUICKSTART = ("fragments", "strategies")

@@ -173,10 +173,15 @@ class ImageTextDataModule(L.LightningDataModule):
             strings = (c for c in caption_strings(captions) if isinstance(c, str))  # json fields may hold anything
             train_tokenizer(self.hparams.tokenizer_type, strings, model_file, self.hparams.vocab_size)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup_tokenizer(self) -> Any:
+        """The run's tokenizer, built once (``siglip-lightning evaluate`` needs it without the data)."""
         if self.tokenizer is None:
             self.tokenizer = make_tokenizer(self.hparams.tokenizer_type, self.hparams.tokenizer_path,
                                             self.tokenizer_file(), self.hparams.context_length)
+        return self.tokenizer
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.setup_tokenizer()
         self.columns = [resolve_columns(self._open(i), spec) for i, spec in enumerate(self.specs)]
         self.image_column, captions, self.id_column = self.columns[0]
         self.text_column = captions.spec if isinstance(captions.spec, str) else captions

@@ -1,13 +1,46 @@
 """What the evaluation callbacks share: when to run, eval mode, and logging under their own name."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+import contextlib
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from siglip_lightning.errors import UserInputError
+
+
+@dataclass
+class EvalContext:
+    """What an evaluation needs besides the model: how text and images are prepared, where the
+    built-in sets live, and the precision plugin (``forward_context`` / ``convert_input``).
+
+    Inside a run it comes from the trainer (:meth:`EvalCallback.context`); ``siglip-lightning
+    evaluate`` builds it from the model folder (``eval/models.py``). Both then call :meth:`EvalCallback.compute`.
+    """
+
+    tokenizer: Any
+    transform: Callable
+    datamodule: Any = None
+    precision: Any = None
+
+
+def eval_context(datamodule: Any, precision: Any, patch_budget: Optional[int], where: str) -> EvalContext:
+    """The datamodule's tokenizer and eval transform (cut to ``patch_budget`` for NaFlex), as a context."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    transform = getattr(datamodule, "eval_transform", None)
+    if tokenizer is None or transform is None:
+        raise UserInputError(f"{where} needs a datamodule with a tokenizer and an eval_transform "
+                             "(ImageTextDataModule, set up)")
+    if patch_budget is not None:
+        if not hasattr(transform, "with_budget"):
+            raise UserInputError(f"{where}: patch_budget is for NaFlex models (data.naflex set); this model "
+                                 "resizes images to data.image_size squares")
+        transform = transform.with_budget(patch_budget)
+    return EvalContext(tokenizer, transform, datamodule, precision)
 
 
 class EvalCallback(Callback):
@@ -41,36 +74,36 @@ class EvalCallback(Callback):
         self._last_step: Optional[int] = None
 
     # --- to implement ----------------------------------------------------------------------------
-    def evaluate(self, trainer: Trainer, module: LightningModule) -> Dict[str, float]:
+    def measure(self, module: LightningModule, context: EvalContext) -> Dict[str, float]:
+        """The metrics of ``module`` (already in eval mode, under no_grad and the precision context)."""
         raise NotImplementedError
 
     def summary(self, metrics: Dict[str, float]) -> str:
         return ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
 
     # --- shared ----------------------------------------------------------------------------------
-    def data_tools(self, trainer: Trainer):
-        """The datamodule's tokenizer and eval transform, so evaluation sees what training saw."""
-        datamodule = trainer.datamodule
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        transform = getattr(datamodule, "eval_transform", None)
-        if tokenizer is None or transform is None:
-            raise UserInputError(f"{type(self).__name__} {self.name!r} needs a datamodule with a tokenizer and an "
-                                 "eval_transform (ImageTextDataModule, set up)")
-        if self.patch_budget is not None:
-            if not hasattr(transform, "with_budget"):
-                raise UserInputError(f"{type(self).__name__} {self.name!r}: patch_budget is for NaFlex models "
-                                     "(data.naflex set); this run resizes images to data.image_size squares")
-            transform = transform.with_budget(self.patch_budget)
-        return tokenizer, transform
+    def context(self, trainer: Trainer) -> EvalContext:
+        """The run's datamodule tools, so evaluation sees what training saw."""
+        return eval_context(trainer.datamodule, trainer.precision_plugin, self.patch_budget,
+                            f"{type(self).__name__} {self.name!r}")
 
-    def run(self, trainer: Trainer, module: LightningModule, on_step: bool) -> Dict[str, float]:
+    def compute(self, module: LightningModule, context: EvalContext) -> Dict[str, float]:
+        """:meth:`measure` in eval mode, without gradients, in the precision's forward context; the one
+        entry point of both the callback and ``siglip-lightning evaluate``."""
         was_training = module.training
         module.eval()
+        forward = context.precision.forward_context() if context.precision is not None else contextlib.nullcontext()
         try:
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                metrics = self.evaluate(trainer, module)
+            with torch.no_grad(), forward:
+                return self.measure(module, context)
         finally:
             module.train(was_training)
+
+    def evaluate(self, trainer: Trainer, module: LightningModule) -> Dict[str, float]:
+        return self.compute(module, self.context(trainer))
+
+    def run(self, trainer: Trainer, module: LightningModule, on_step: bool) -> Dict[str, float]:
+        metrics = self.evaluate(trainer, module)
         self.last_metrics, self._last_step = metrics, trainer.global_step
         for key, value in metrics.items():
             # Every rank holds the same global value; sync_dist only tells Lightning so (no warning).

@@ -7,8 +7,9 @@ Understood layouts:
 * COCO captions json (``captions_val2014.json``): ``{"images": [{"id", "file_name"}], "annotations":
   [{"image_id", "caption"}]}``.
 * A json list ``[{"image": path, "caption": str | [str]}]`` (LAVIS' ``coco_karpathy_test.json``).
-* Any dataset ``datasets`` reads (parquet, imagefolder + metadata, Hub name, ...): the caption column
-  holds a string, a list of strings, or a dict language -> string/list (XM3600 style); rows that
+* Any dataset ``datasets`` reads (parquet, imagefolder + metadata, webdataset, Hub name, ...): the
+  caption column (or a dotted path into a json column: ``json.captions``) holds a string, a list of
+  strings, or a dict language -> string/list (XM3600 style); rows that
   share ``image_id_column`` are one image; ``language_column`` names each row's language.
 
 Image paths in json files are relative to ``image_root`` (default: the json file's folder).
@@ -23,6 +24,7 @@ from typing import Any, Dict, Hashable, Iterator, List, Optional, Sequence, Tupl
 
 import datasets
 
+from siglip_lightning.data.captions import lookup
 from siglip_lightning.data.sources import IMAGE_COLUMNS, TEXT_COLUMNS, pick_column
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval.loading import open_eval_split
@@ -55,6 +57,9 @@ def expand_captions(value: Any, language: Optional[str] = None) -> List[Caption]
         for key in ("raw", "caption", "text"):  # one caption record, e.g. Karpathy's sentences
             if isinstance(value.get(key), str):
                 return expand_captions(value[key], value.get("language", language))
+        for key in ("captions", "sentences"):  # a json sidecar holding the image's caption list
+            if isinstance(value.get(key), (list, tuple)):
+                return expand_captions(value[key], language)
         return [c for lang, texts in value.items() for c in expand_captions(texts, str(lang))]
     if isinstance(value, (list, tuple)):
         return [c for item in value for c in expand_captions(item, language)]
@@ -168,7 +173,11 @@ def _read_stream(stream: datasets.IterableDataset, image_column: Optional[str], 
     features = stream.features
     columns = list(features) if features is not None else list(next(iter(stream)).keys())
     image_column = pick_column(columns, image_column, IMAGE_COLUMNS, "image", f"{where} image_column")
+    caption_field = caption_column  # may be a dotted path into a json column (webdataset: json.captions)
+    if caption_column is not None and caption_column not in columns and "." in caption_column:
+        caption_column = caption_column.split(".", 1)[0]
     caption_column = pick_column(columns, caption_column, TEXT_COLUMNS, "caption", f"{where} caption_column")
+    caption_field = caption_field if caption_field is not None else caption_column
     for column, key in ((id_column, "image_id_column"), (language_column, "language_column")):
         if column is not None and column not in columns:
             raise UserInputError(f"{where}: {key} {column!r} not found; the data has columns {columns}")
@@ -181,7 +190,7 @@ def _read_stream(stream: datasets.IterableDataset, image_column: Optional[str], 
     for row, example in enumerate(caption_stream):
         key = example[id_column] if id_column else row
         language = str(example[language_column]) if language_column else None
-        collector.add(key, expand_captions(example[caption_column], language))
+        collector.add(key, expand_captions(lookup(example, caption_field), language))
     position, captions, caption_image, caption_language = collector.finish(where)
     images = _StreamImages(stream, image_column, id_column, position, image_root)
     return CaptionSet(captions, caption_image, caption_language, len(position), images)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.eval.base import EvalCallback
+from siglip_lightning.eval.base import EvalCallback, EvalContext
 from siglip_lightning.eval.captions import CaptionSet, read_caption_set
 from siglip_lightning.ranks import rank_and_world
 from siglip_lightning.eval.gather import gather_rows, sum_across_ranks
@@ -116,10 +116,9 @@ class Retrieval(EvalCallback):
     def _where(self) -> str:
         return f"Retrieval {self.name!r}"
 
-    def caption_set(self, trainer: Trainer) -> CaptionSet:
+    def caption_set(self, datamodule) -> CaptionSet:
         path, split = self.path, self.split
         if path == BUILTIN:
-            datamodule = trainer.datamodule
             if getattr(datamodule, "path", None) != BUILTIN:
                 raise UserInputError(f"{self._where()}: path 'builtin' needs the built-in data; set init_args.path")
             path, split = str(datamodule.builtin_root / "pairs"), split or "validation"
@@ -127,14 +126,14 @@ class Retrieval(EvalCallback):
                                 self.image_id_column, self.language_column, self.max_images, self.languages,
                                 self._where())
 
-    def evaluate(self, trainer: Trainer, module: LightningModule) -> Dict[str, float]:
-        tokenizer, transform = self.data_tools(trainer)
-        captions = self.caption_set(trainer)
+    def measure(self, module: LightningModule, context: EvalContext) -> Dict[str, float]:
+        captions = self.caption_set(context.datamodule)
         rank, world = rank_and_world()
-        positions, features, _ = embed_owned_images(module, captions.images, transform, rank, world, self.batch_size,
-                                                    self.num_workers, self._where(), trainer.precision_plugin)
+        positions, features, _ = embed_owned_images(module, captions.images, context.transform, rank, world,
+                                                    self.batch_size, self.num_workers, self._where(), context.precision)
         image_features = gather_rows(positions, features, captions.num_images)
-        positions, features = embed_owned_texts(module, tokenizer, captions.captions, rank, world, self.batch_size)
+        positions, features = embed_owned_texts(module, context.tokenizer, captions.captions, rank, world,
+                                                self.batch_size)
         text_features = gather_rows(positions, features, len(captions.captions))
         return per_language_recalls(image_features, text_features, captions, self.ks, **self.chunks)
 

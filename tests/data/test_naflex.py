@@ -224,13 +224,15 @@ def test_eval_callbacks_cut_images_at_their_patch_budget_and_refuse_it_for_squar
     from siglip_lightning.eval import Retrieval, ZeroShotClassification
 
     image = Image.new("RGB", (90, 30))
-    naflex = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=object(), eval_transform=NaFlexTransform(4, 16)))
-    _, transform = ZeroShotClassification(patch_budget=48).data_tools(naflex)
+    naflex = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=object(), eval_transform=NaFlexTransform(4, 16)),
+                             precision_plugin=None)
+    transform = ZeroShotClassification(patch_budget=48).context(naflex).transform
     assert transform(image).spatial_shapes.tolist() == [[4, 12]]  # 48 patches at 1:3
-    assert Retrieval(name="r").data_tools(naflex)[1](image).spatial_shapes.tolist() == [[2, 6]]  # eval budget 16
-    squares = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=object(), eval_transform=ImageTransform(32)))
+    assert Retrieval(name="r").context(naflex).transform(image).spatial_shapes.tolist() == [[2, 6]]  # eval budget 16
+    squares = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=object(), eval_transform=ImageTransform(32)),
+                              precision_plugin=None)
     with pytest.raises(UserInputError, match="patch_budget is for NaFlex models"):
-        Retrieval(name="r", patch_budget=16).data_tools(squares)
+        Retrieval(name="r", patch_budget=16).context(squares)
     with pytest.raises(UserInputError, match="patch_budget must be positive"):
         Retrieval(name="r", patch_budget=0)
 

@@ -164,3 +164,14 @@ def test_perfect_model_with_shuffled_answers_is_at_chance():
     top = topk_accuracy(classifier[labels], shuffled_labels, classifier)
     for k, chance in ((1, 1 / 40), (5, 5 / 40)):
         assert abs(top[f"top{k}"] - chance) < 4 * math.sqrt(chance * (1 - chance) / 4000) + 2e-3
+
+
+def test_topk_accuracy_in_chunks_equals_the_plain_formula():
+    """Images are scored a chunk at a time (bounded memory); an uneven last chunk counts the same."""
+    generator = torch.Generator().manual_seed(9)
+    classifier = F.normalize(torch.randn(20, 16, generator=generator), dim=-1)
+    labels = torch.randint(0, 20, (103,), generator=generator)
+    features = F.normalize(classifier[labels] + 0.3 * torch.randn(103, 16, generator=generator), dim=-1)
+    got = topk_accuracy(features, labels, classifier, chunk=10)
+    for k in (1, 5):
+        assert got[f"top{k}"] == pytest.approx(dense_topk_accuracy(features, labels, classifier, k), abs=1e-6)
