@@ -174,7 +174,7 @@ def export_siglip2(image_tower: NaFlexVisionTower, text_tower: TextTower, logit_
             f"(patch_size={image_tower.patch_size}, max_num_patches={max_num_patches}, "
             f"max_length={text_tower.context_length})")
     if tokenizer_model is not None:
-        from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
+        from siglip_lightning.text.hf_gemma import save_gemma_tokenizer
 
         if _has_gemma_ids(tokenizer_model):
             save_gemma_tokenizer(tokenizer_model, out_dir, text_tower.context_length)
@@ -281,9 +281,9 @@ def load_siglip2(folder) -> Dict:
 
     Returns a dict: ``image_tower`` (NaFlexVisionTower), ``text_tower`` (TextTower), ``logit_scale``
     (t'), ``logit_bias`` (b), ``processor`` (image settings, see :func:`processor_from_siglip2`),
-    ``tokenizer`` (see :func:`~siglip_lightning.interop.gemma_tokenizer.tokenizer_settings`).
+    ``tokenizer`` (see :func:`~siglip_lightning.text.hf_gemma.tokenizer_settings`).
     """
-    from siglip_lightning.interop.gemma_tokenizer import tokenizer_settings
+    from siglip_lightning.text.hf_gemma import tokenizer_settings
 
     v_kwargs, v_state = naflex_from_siglip2(folder)
     t_kwargs, t_state = text_from_siglip2(folder)
