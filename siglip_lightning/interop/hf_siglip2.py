@@ -307,7 +307,6 @@ def finetune_settings(folder) -> Dict:
     scale, bias = logits_from_siglip2(folder)
     image = processor_from_siglip2(folder)
     text_kwargs, _ = text_from_siglip2(folder)
-    model_file = Path(folder) / "tokenizer.model"
     settings = {
         "model.image_tower": {"class_path": "siglip_lightning.towers.pretrained_siglip2.HFSiglip2VisionTower",
                               "init_args": {"path": folder}},
@@ -317,8 +316,19 @@ def finetune_settings(folder) -> Dict:
         "data.naflex": {"patch_size": image["patch_size"], "budgets": [image["max_num_patches"]],
                         "eval_budget": image["max_num_patches"]},
         "data.image_mean": image["image_mean"], "data.image_std": image["image_std"],
-        "data.context_length": text_kwargs["context_length"], "data.tokenizer_type": "gemma",
+        "data.context_length": text_kwargs["context_length"],
     }
-    if model_file.is_file():
-        settings["data.tokenizer_path"] = str(model_file)
+    settings.update(_folder_tokenizer(Path(folder)))
     return settings
+
+
+def _folder_tokenizer(folder: Path) -> Dict:
+    """The folder's own tokenizer: its SentencePiece ``tokenizer.model`` under SigLIP 2's conventions, else
+    ``tokenizer.json`` / ``spiece.model`` through ``AutoTokenizer`` (what ``save_pretrained`` writes in
+    transformers 5); never a tokenizer trained anew, which could not match the pretrained text tower."""
+    if (folder / "tokenizer.model").is_file():
+        return {"data.tokenizer_type": "gemma", "data.tokenizer_path": str(folder / "tokenizer.model")}
+    if (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file():
+        return {"data.tokenizer_type": "hf", "data.tokenizer_path": str(folder)}
+    raise UserInputError(f"{folder} has no tokenizer (tokenizer.model, tokenizer.json or spiece.model): "
+                         "--pretrained needs the tokenizer the model was trained with")
