@@ -4,3 +4,6 @@
 local SentencePiece model), ``hf_gemma`` (the same model as a ``transformers`` tokenizer, for export),
 ``pretrained`` (a released folder's tokenizer through its own library), ``choice`` (``data.tokenizer_type``).
 """
+from siglip_lightning.text.interface import Tokenizer
+
+__all__ = ["Tokenizer"]
