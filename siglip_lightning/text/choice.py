@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from siglip_lightning.text.gemma import GemmaStyleTokenizer, train_gemma_sentencepiece
 from siglip_lightning.text.pretrained import pretrained_tokenizer
+from siglip_lightning.text.interface import Tokenizer
 from siglip_lightning.text.sentencepiece import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.errors import UserInputError
 
@@ -37,7 +38,7 @@ def train_tokenizer(tokenizer_type: str, captions: Iterable[str], model_file: Pa
     trainer(captions, model_file, vocab_size)
 
 
-def make_tokenizer(tokenizer_type: str, tokenizer_path: Optional[str], model_file: Path, context_length: int) -> Any:
+def make_tokenizer(tokenizer_type: str, tokenizer_path: Optional[str], model_file: Path, context_length: int) -> Tokenizer:
     """The tokenizer of a run: ``model_file`` is the SentencePiece file of the trained types."""
     if tokenizer_type == "clip":
         return ClipTokenizer(context_length)
