@@ -48,7 +48,7 @@ def write_model(root: Path, size: int) -> Path:
     import torch
 
     from siglip_lightning import SigLIPModule, TextTower, VisionTower
-    from siglip_lightning.data.tokenizer import train_sentencepiece
+    from siglip_lightning.text.sentencepiece import train_sentencepiece
     from siglip_lightning.interop.export import export_module
 
     captions = [f"a photo of a class {i} thing number {j}" for i in range(200) for j in range(5)]

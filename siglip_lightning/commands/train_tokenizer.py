@@ -14,7 +14,7 @@ from typing import Iterator, List, Literal, Optional
 from jsonargparse import ArgumentParser
 
 from siglip_lightning.data.sources import TEXT_COLUMNS, caption_strings, column_names, open_splits, pick_column
-from siglip_lightning.data.tokenizer import train_sentencepiece
+from siglip_lightning.text.sentencepiece import train_sentencepiece
 
 
 def captions(path: str, text_column: Optional[str], split: str, limit: int) -> Iterator[str]:

@@ -18,7 +18,7 @@ from siglip_lightning.data.resume import StreamProgress, gather_from_ranks
 from siglip_lightning.data.sources import caption_strings, image_root, open_undecoded_splits
 from siglip_lightning.data.stream import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PairStream, collate_pairs
 from siglip_lightning.data.synthetic import ShapesSpec, default_data_root, ensure_shapes_dataset
-from siglip_lightning.data.tokenizers import (
+from siglip_lightning.text.choice import (
     TRAINED_TYPES, check_tokenizer_type, make_tokenizer, train_tokenizer, trained_tokenizer_file,
 )
 from siglip_lightning.data.transforms import ImageTransform
@@ -56,7 +56,7 @@ class ImageTextDataModule(L.LightningDataModule):
             no BOS, over a SentencePiece model with Gemma's special ids), ``clip`` (open_clip's CLIP BPE,
             49408 tokens), ``hf`` (the tokenizer of the Hugging Face folder ``tokenizer_path``) or
             ``open_clip`` (that of the open_clip model named by ``tokenizer_path``): the last two are set
-            by ``--pretrained``. See ``data/tokenizers.py``.
+            by ``--pretrained``. See ``text/choice.py``.
         tokenizer_path: a SentencePiece ``.model``; ``None`` trains one on the training captions.
         vocab_size: vocabulary size when training the tokenizer (must not exceed the text tower's).
         tokenizer_train_samples: captions read to train the tokenizer.

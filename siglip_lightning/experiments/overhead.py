@@ -59,7 +59,7 @@ def in_memory_batches(cache: Path, batch: int):
     """What the removed hand-written loop did: every pair in memory, captions tokenized once, random slices."""
     import pyarrow.parquet as pq
 
-    from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+    from siglip_lightning.text.sentencepiece import SentencePieceTokenizer
 
     files = sorted((cache / "pairs").glob("train-*.parquet"))
     table = [pq.read_table(f).to_pydict() for f in files]

@@ -4,7 +4,7 @@
 need a tokenizer and an image processor in the folder. From-scratch runs get:
 
 - text: a ``SiglipTokenizer`` over the run's SentencePiece model. Training canonicalises text as it
-  does (``data/tokenizer.canonicalize``), so the ids are the run's. Two settings keep them so:
+  does (``text/sentencepiece.canonicalize``), so the ids are the run's. Two settings keep them so:
   ``split_special_tokens`` (a caption containing ``</s>`` is text, as in training) and no
   ``attention_mask`` in its outputs (our text tower attends to every position, padding included, as
   big_vision's does; transformers masks padding when handed a mask, which the pipeline would do).

@@ -176,7 +176,7 @@ def export_siglip2(image_tower: NaFlexVisionTower, text_tower: TextTower, logit_
             f"max_length={text_tower.context_length})")
     warn_if_pipeline_cannot_run(text_tower.context_length)
     if tokenizer_model is not None:
-        from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
+        from siglip_lightning.text.hf_gemma import save_gemma_tokenizer
 
         if _has_gemma_ids(tokenizer_model):
             save_gemma_tokenizer(tokenizer_model, out_dir, text_tower.context_length)
@@ -283,9 +283,9 @@ def load_siglip2(folder) -> Dict:
 
     Returns a dict: ``image_tower`` (NaFlexVisionTower), ``text_tower`` (TextTower), ``logit_scale``
     (t'), ``logit_bias`` (b), ``processor`` (image settings, see :func:`processor_from_siglip2`),
-    ``tokenizer`` (see :func:`~siglip_lightning.interop.gemma_tokenizer.tokenizer_settings`).
+    ``tokenizer`` (see :func:`~siglip_lightning.text.hf_gemma.tokenizer_settings`).
     """
-    from siglip_lightning.interop.gemma_tokenizer import tokenizer_settings
+    from siglip_lightning.text.hf_gemma import tokenizer_settings
 
     v_kwargs, v_state = naflex_from_siglip2(folder)
     t_kwargs, t_state = text_from_siglip2(folder)
@@ -309,7 +309,6 @@ def finetune_settings(folder) -> Dict:
     scale, bias = logits_from_siglip2(folder)
     image = processor_from_siglip2(folder)
     text_kwargs, _ = text_from_siglip2(folder)
-    model_file = Path(folder) / "tokenizer.model"
     settings = {
         "model.image_tower": {"class_path": "siglip_lightning.towers.pretrained_siglip2.HFSiglip2VisionTower",
                               "init_args": {"path": folder}},
@@ -319,8 +318,19 @@ def finetune_settings(folder) -> Dict:
         "data.naflex": {"patch_size": image["patch_size"], "budgets": [image["max_num_patches"]],
                         "eval_budget": image["max_num_patches"]},
         "data.image_mean": image["image_mean"], "data.image_std": image["image_std"],
-        "data.context_length": text_kwargs["context_length"], "data.tokenizer_type": "gemma",
+        "data.context_length": text_kwargs["context_length"],
     }
-    if model_file.is_file():
-        settings["data.tokenizer_path"] = str(model_file)
+    settings.update(_folder_tokenizer(Path(folder)))
     return settings
+
+
+def _folder_tokenizer(folder: Path) -> Dict:
+    """The folder's own tokenizer: its SentencePiece ``tokenizer.model`` under SigLIP 2's conventions, else
+    ``tokenizer.json`` / ``spiece.model`` through ``AutoTokenizer`` (what ``save_pretrained`` writes in
+    transformers 5); never a tokenizer trained anew, which could not match the pretrained text tower."""
+    if (folder / "tokenizer.model").is_file():
+        return {"data.tokenizer_type": "gemma", "data.tokenizer_path": str(folder / "tokenizer.model")}
+    if (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file():
+        return {"data.tokenizer_type": "hf", "data.tokenizer_path": str(folder)}
+    raise UserInputError(f"{folder} has no tokenizer (tokenizer.model, tokenizer.json or spiece.model): "
+                         "--pretrained needs the tokenizer the model was trained with")

@@ -29,6 +29,11 @@ def check_towers_match_data(module: "SigLIPModule", datamodule: Any) -> None:
     image, text = spec_of(module.image_tower), spec_of(module.text_tower)
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is not None and text.vocab_size is not None and tokenizer.vocab_size > text.vocab_size:
+        folder = getattr(tokenizer, "path", None) or getattr(tokenizer, "model_name", None)
+        if folder is not None:  # a pretrained folder's own tokenizer: data.vocab_size plays no part
+            raise UserInputError(
+                f"the tokenizer of {folder} has {tokenizer.vocab_size} tokens but model.text_tower vocab_size is "
+                f"{text.vocab_size}: that tokenizer does not belong to this text tower")
         raise UserInputError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but model.text_tower vocab_size is {text.vocab_size}: "
             "raise model.text_tower.init_args.vocab_size or lower data.vocab_size"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from siglip_lightning.data.synthetic import ShapesSpec, make_pair, make_zeroshot_example, write_shapes_dataset
-from siglip_lightning.data.tokenizer import SentencePieceTokenizer, canonicalize, train_sentencepiece
+from siglip_lightning.text.sentencepiece import SentencePieceTokenizer, canonicalize, train_sentencepiece
 from siglip_lightning.data.transforms import ImageTransform
 from siglip_lightning.errors import UserInputError
 

@@ -43,7 +43,7 @@ def test_each_format_streams_through_fit(tmp_path, kind):
 
 
 def test_train_tokenizer_command(tmp_path, capsys):
-    from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+    from siglip_lightning.text.sentencepiece import SentencePieceTokenizer
 
     path = make_dataset(tmp_path / "data", "webdataset")
     out = tmp_path / "tok.model"

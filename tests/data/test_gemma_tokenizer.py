@@ -3,7 +3,7 @@ tokenizer built over the same model (pad 0, EOS 1 appended, no BOS, lower-cased,
 import pytest
 import torch
 
-from siglip_lightning.data.gemma_tokenizer import GemmaStyleTokenizer, train_gemma_sentencepiece
+from siglip_lightning.text.gemma import GemmaStyleTokenizer, train_gemma_sentencepiece
 from siglip_lightning.data.synthetic import ShapesSpec, make_pair
 from siglip_lightning.errors import UserInputError
 
@@ -20,7 +20,7 @@ def model_file(tmp_path_factory):
 def test_ids_equal_transformers_gemma_tokenizer(model_file, tmp_path):
     from transformers import AutoTokenizer
 
-    from siglip_lightning.interop.gemma_tokenizer import hf_gemma_tokenizer, save_gemma_tokenizer
+    from siglip_lightning.text.hf_gemma import hf_gemma_tokenizer, save_gemma_tokenizer
 
     texts = ["A Large RED circle left of a small blue square", "digits 2024 and ünïcode!", "x" * 40, "",
              "  two  spaces ", "emoji 🙂 falls back to bytes", "a small green star in the top left"]
@@ -34,7 +34,7 @@ def test_ids_equal_transformers_gemma_tokenizer(model_file, tmp_path):
 
 
 def test_a_siglip_sentencepiece_model_is_refused(tmp_path):
-    from siglip_lightning.data.tokenizer import train_sentencepiece
+    from siglip_lightning.text.sentencepiece import train_sentencepiece
 
     path = train_sentencepiece(["a red circle", "a blue square"] * 20, tmp_path / "siglip.model", 40)
     with pytest.raises(UserInputError, match="tokenizer_type=gemma"):

@@ -13,7 +13,7 @@ from siglip_lightning.data.loader import StreamLoader
 from siglip_lightning.data.shards import plan_slot
 from siglip_lightning.data.sources import open_splits
 from siglip_lightning.data.stream import PairStream, collate_pairs, decode_image
-from siglip_lightning.data.tokenizer import ClipTokenizer
+from siglip_lightning.text.sentencepiece import ClipTokenizer
 from siglip_lightning.data.transforms import ImageTransform, to_rgb
 from siglip_lightning.errors import UserInputError
 from tests.helpers.data_factory import caption, image_bytes, pairs, write_parquet

@@ -36,9 +36,9 @@ def make_siglip2(folder: Path) -> Path:
     """A random tiny transformers ``Siglip2Model`` + processor + SigLIP 2 (Gemma-id) tokenizer."""
     from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
 
-    from siglip_lightning.data.gemma_tokenizer import train_gemma_sentencepiece
+    from siglip_lightning.text.gemma import train_gemma_sentencepiece
     from siglip_lightning.data.synthetic import ShapesSpec, make_pair
-    from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
+    from siglip_lightning.text.hf_gemma import save_gemma_tokenizer
 
     config = Siglip2Config(
         text_config=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -15,7 +15,7 @@ CAPTIONS = [
 
 
 def train_spm(folder: Path, vocab_size: int = 120) -> Path:
-    from siglip_lightning.data.tokenizer import train_sentencepiece
+    from siglip_lightning.text.sentencepiece import train_sentencepiece
 
     corpus = [c for c in CAPTIONS for _ in range(20)] + ["café naïve 123 4567 über straße"] * 5
     return train_sentencepiece(corpus, folder / "spm.model", vocab_size=vocab_size)

@@ -63,7 +63,7 @@ def test_cli_export_hf_matches_lightning(trained_ckpt, tmp_path):
     assert torch.allclose(peer.logit_bias.reshape(()), module.logit_bias.detach())
     # The tokenizer: exact SentencePiece model shipped; SiglipTokenizer agrees without punctuation.
     assert (out / "spiece.model").is_file()
-    from siglip_lightning.data.tokenizer import SentencePieceTokenizer
+    from siglip_lightning.text.sentencepiece import SentencePieceTokenizer
 
     ours_tok = SentencePieceTokenizer(out / "spiece.model", context_length=8)
     hf_tok = SiglipTokenizer.from_pretrained(out, local_files_only=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from siglip_lightning.data.gemma_tokenizer import GemmaStyleTokenizer, train_gemma_sentencepiece
-from siglip_lightning.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from siglip_lightning.text.gemma import GemmaStyleTokenizer, train_gemma_sentencepiece
+from siglip_lightning.text.sentencepiece import SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.data.transforms import ImageTransform
-from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
+from siglip_lightning.text.hf_gemma import save_gemma_tokenizer
 from siglip_lightning.interop.hf import save_hf_processor
 from siglip_lightning.interop.hf_processor import image_settings, warn_if_pipeline_cannot_run
 from tests.interop.peer import run_peer
@@ -58,7 +58,7 @@ def test_canonicalize_is_siglip_tokenizers_rule_on_random_text(tmp_path):
 
     from transformers import SiglipTokenizer
 
-    from siglip_lightning.data.tokenizer import canonicalize
+    from siglip_lightning.text.sentencepiece import canonicalize
 
     reference = SiglipTokenizer(vocab_file=str(train_sentencepiece(CORPUS, tmp_path / "spm.model", vocab_size=120)))
     pool = string.printable + "éÉ—“”\u00a0\u3000\u2028\x1c\x85ΣΟİß日\u2581"
@@ -158,7 +158,7 @@ def test_pil_exact_runs_are_reproduced_by_the_pil_backend(tmp_path):
 
 
 def test_export_warns_about_a_vocabulary_trained_on_raw_text(tmp_path):
-    from siglip_lightning.data.tokenizer import train_sentencepiece_file
+    from siglip_lightning.text.sentencepiece import train_sentencepiece_file
 
     raw = train_sentencepiece_file(CORPUS, tmp_path / "raw.model", "raw", str.lower, vocab_size=120,
                                    hard_vocab_limit=False, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1)
@@ -179,7 +179,7 @@ def test_pipeline_warning_only_below_64_positions():
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "gemma"])
 def test_tokenizers_trained_under_the_old_text_rule_are_not_reused(tmp_path, monkeypatch, kind):
-    from siglip_lightning.data import tokenizers
+    from siglip_lightning.text import choice as tokenizers
 
     key = ["data", ["text"], 1000]
     current = tokenizers.trained_tokenizer_file(tmp_path, kind, 256, key)

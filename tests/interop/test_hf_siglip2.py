@@ -144,9 +144,9 @@ def test_a_siglip2_folder_fine_tunes_through_the_cli_with_its_settings(tmp_path)
     from transformers import Siglip2ImageProcessor
 
     from siglip_lightning.cli import cli_main
-    from siglip_lightning.data.gemma_tokenizer import train_gemma_sentencepiece
+    from siglip_lightning.text.gemma import train_gemma_sentencepiece
     from siglip_lightning.data.synthetic import ShapesSpec, make_pair
-    from siglip_lightning.interop.gemma_tokenizer import save_gemma_tokenizer
+    from siglip_lightning.text.hf_gemma import save_gemma_tokenizer
     from siglip_lightning.interop.hf_siglip2 import finetune_settings
     from tests.conftest import TINY_DATA, TINY_TRAINER
 

@@ -5,7 +5,7 @@ SigLIP 2 uses Gemma's 256k vocabulary: ids ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2
 captions are lower-cased, closed with EOS (no BOS), cut / padded with ``<pad>`` to 64 tokens. Gemma's
 own vocabulary cannot be downloaded here, so :func:`train_gemma_sentencepiece` trains a model with the
 same layout on local captions, and :class:`GemmaStyleTokenizer` applies the conventions; the
-``transformers`` tokenizer built over the same model (``interop/gemma_tokenizer.py``) gives the same ids.
+``transformers`` tokenizer built over the same model (``text/hf_gemma.py``) gives the same ids.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Union
 
-from siglip_lightning.data.tokenizer import SentencePieceTokenizer, train_sentencepiece_file
+from siglip_lightning.text.sentencepiece import SentencePieceTokenizer, train_sentencepiece_file
 from siglip_lightning.errors import UserInputError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID, MASK = 0, 1, 2, 3, "<mask>"

@@ -1,23 +1,24 @@
 """Which tokenizer a run uses (``data.tokenizer_type``), built in one place for the datamodule.
 
-- ``sentencepiece``: SigLIP's conventions over a SentencePiece model (``data/tokenizer.py``), trained on
+- ``sentencepiece``: SigLIP's conventions over a SentencePiece model (``text/sentencepiece.py``), trained on
   the captions when ``data.tokenizer_path`` is not given;
 - ``gemma``: SigLIP 2's conventions (pad id 0, EOS, no BOS) over a SentencePiece model with Gemma's
-  special ids (``data/gemma_tokenizer.py``), trained likewise;
+  special ids (``text/gemma.py``), trained likewise;
 - ``clip``: open_clip's CLIP BPE (its vocabulary ships in the wheel);
 - ``hf`` / ``open_clip``: the library's own tokenizer of a released checkpoint folder / model
-  (``data/pretrained_tokenizers.py``), which ``--pretrained`` sets.
+  (``text/pretrained.py``), which ``--pretrained`` sets.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
-from siglip_lightning.data.gemma_tokenizer import GemmaStyleTokenizer, train_gemma_sentencepiece
-from siglip_lightning.data.pretrained_tokenizers import pretrained_tokenizer
-from siglip_lightning.data.tokenizer import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
+from siglip_lightning.text.gemma import GemmaStyleTokenizer, train_gemma_sentencepiece
+from siglip_lightning.text.pretrained import pretrained_tokenizer
+from siglip_lightning.text.interface import Tokenizer
+from siglip_lightning.text.sentencepiece import ClipTokenizer, SentencePieceTokenizer, train_sentencepiece
 from siglip_lightning.errors import UserInputError
 
 TOKENIZER_TYPES = ("sentencepiece", "gemma", "clip", "hf", "open_clip")
@@ -37,7 +38,7 @@ def train_tokenizer(tokenizer_type: str, captions: Iterable[str], model_file: Pa
     trainer(captions, model_file, vocab_size)
 
 
-def make_tokenizer(tokenizer_type: str, tokenizer_path: Optional[str], model_file: Path, context_length: int) -> Any:
+def make_tokenizer(tokenizer_type: str, tokenizer_path: Optional[str], model_file: Path, context_length: int) -> Tokenizer:
     """The tokenizer of a run: ``model_file`` is the SentencePiece file of the trained types."""
     if tokenizer_type == "clip":
         return ClipTokenizer(context_length)

@@ -3,7 +3,7 @@
 :func:`hf_gemma_tokenizer` reads the vocabulary and merges out of the ``.model`` (``transformers``'
 own ``SentencePieceExtractor``) into a ``Siglip2Tokenizer`` (Gemma's tokenizer with lower-casing), set
 to SigLIP 2's conventions: no BOS, EOS appended, right padding with ``<pad>`` (0) to the context
-length. Its ids equal :class:`~siglip_lightning.data.gemma_tokenizer.GemmaStyleTokenizer`'s (tested).
+length. Its ids equal :class:`~siglip_lightning.text.gemma.GemmaStyleTokenizer`'s (tested).
 """
 from __future__ import annotations
 
