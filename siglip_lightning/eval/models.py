@@ -64,11 +64,7 @@ def _from_pretrained(folder: Path) -> LoadedModel:
         settings = pretrained_settings(str(folder))
     except UserInputError as err:  # its messages name the --pretrained flag
         raise UserInputError(str(err).replace("--pretrained", "--model", 1)) from err
-    sections = _nest(settings)
-    if sections["data"].get("tokenizer_type") in ("sentencepiece", "gemma") and not sections["data"].get("tokenizer_path"):
-        # fit would train one on its captions; a released model's text must use its own
-        raise UserInputError(f"--model {folder}: no tokenizer file in the folder (SigLIP 2: tokenizer.model, the "
-                             "SentencePiece model of the release); copy it next to config.json")
+    sections = _nest(settings)  # a folder without its tokenizer was refused by the reader, naming the files
     built = _build(**sections)
     module, datamodule = built.model, built.data
     kind = "open_clip" if (folder / "open_clip_config.json").is_file() and not (folder / "config.json").is_file() \

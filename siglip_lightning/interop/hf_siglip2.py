@@ -330,7 +330,7 @@ def _folder_tokenizer(folder: Path) -> Dict:
     transformers 5); never a tokenizer trained anew, which could not match the pretrained text tower."""
     if (folder / "tokenizer.model").is_file():
         return {"data.tokenizer_type": "gemma", "data.tokenizer_path": str(folder / "tokenizer.model")}
-    if (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file():
-        return {"data.tokenizer_type": "hf", "data.tokenizer_path": str(folder)}
-    raise UserInputError(f"{folder} has no tokenizer (tokenizer.model, tokenizer.json or spiece.model): "
-                         "--pretrained needs the tokenizer the model was trained with")
+    from siglip_lightning.text.pretrained import require_tokenizer_files
+
+    require_tokenizer_files(folder, ("tokenizer.model", "tokenizer.json", "spiece.model"))
+    return {"data.tokenizer_type": "hf", "data.tokenizer_path": str(folder)}

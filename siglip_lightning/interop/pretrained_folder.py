@@ -83,7 +83,9 @@ def hf_image_settings(folder: Path) -> Settings:
 def siglip_settings(folder: Path, config: dict) -> Settings:
     """A transformers ``SiglipModel`` folder (``save_pretrained`` output, e.g. google/siglip-base-patch16-224)."""
     from siglip_lightning.interop.hf import logits_from_hf
+    from siglip_lightning.text.pretrained import require_tokenizer_files
 
+    require_tokenizer_files(folder, ("spiece.model", "tokenizer.json"))
     scale, bias = logits_from_hf(folder)
     context = (config.get("text_config") or {}).get("max_position_embeddings", 64)
     return {

@@ -18,6 +18,14 @@ import torch
 from siglip_lightning.errors import UserInputError
 
 
+def require_tokenizer_files(folder: Path, names: Sequence[str]) -> None:
+    """Stop, naming the files, when a released folder carries none of its tokenizer files: training a new
+    tokenizer instead could never match the pretrained text tower's embeddings."""
+    if not any((Path(folder) / name).is_file() for name in names):
+        raise UserInputError(f"{folder} has no tokenizer ({', '.join(names)}): --pretrained needs the tokenizer "
+                             "the model was trained with; copy it next to config.json")
+
+
 class HFTokenizer:
     """``transformers.AutoTokenizer`` of a local model folder, padded / truncated to ``context_length``.
 

@@ -218,6 +218,17 @@ def test_a_siglip2_folder_without_its_tokenizer_file_is_refused(models, tmp_path
     import shutil
 
     folder = shutil.copytree(models["siglip2"], tmp_path / "siglip2")
-    (folder / "tokenizer.model").unlink()
+    for name in ("tokenizer.model", "tokenizer.json", "spiece.model"):
+        (folder / name).unlink(missing_ok=True)
     line = _error_line(capsys, ["--model", str(folder), "--suite", str(write_suite(tmp_path / "s.yaml"))])
-    assert "no tokenizer file" in line
+    assert "has no tokenizer (tokenizer.model, tokenizer.json, spiece.model)" in line and "--model" in line
+
+
+def test_a_siglip_folder_without_its_tokenizer_files_is_refused(models, tmp_path, capsys):
+    import shutil
+
+    folder = shutil.copytree(models["hf"], tmp_path / "siglip")
+    for name in ("spiece.model", "tokenizer.json"):
+        (folder / name).unlink(missing_ok=True)
+    line = _error_line(capsys, ["--model", str(folder), "--suite", str(write_suite(tmp_path / "s.yaml"))])
+    assert "has no tokenizer (spiece.model, tokenizer.json)" in line

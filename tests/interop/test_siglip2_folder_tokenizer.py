@@ -55,7 +55,7 @@ def test_a_siglip2_folder_with_only_tokenizer_json_fine_tunes_with_autotokenizer
 
 def test_a_siglip2_folder_without_a_tokenizer_names_what_is_missing(tmp_path):
     folder = siglip2_folder(tmp_path, with_tokenizer=False)
-    with pytest.raises(UserInputError, match=r"no tokenizer \(tokenizer.model, tokenizer.json or spiece.model\)"):
+    with pytest.raises(UserInputError, match=r"no tokenizer \(tokenizer.model, tokenizer.json, spiece.model\)"):
         finetune_settings(folder)
 
 
