@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Any, List, Optional
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from siglip_lightning._compat import quiet_print_config
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.errors import TrainingAbortedError, UserInputError
 from siglip_lightning.checkpointing import NonFiniteGuard, RNGStateCallback, install_atomic_io
@@ -42,13 +40,25 @@ class SigLIPCLI(LightningCLI):
                                  "a config file or flag sets them (docs/FINETUNING.md).")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if isinstance(args, (dict, Namespace)):
-            return super().parse_arguments(parser, args)
-        given = list(sys.argv[1:] if args is None else args)
-        expanded = with_pretrained_defaults(given)
-        if expanded == given:
-            return super().parse_arguments(parser, args)
-        self.config = parser.parse_args(expanded)  # as super() does for a list, without its sys.argv warning
+        # --pretrained FOLDER (flag or config key) as the parser reads it, then the folder's settings as
+        # parser defaults and a second parse: every value set in a config file or flag wins over them.
+        # (Not link_arguments: a link silently overrides a value set by hand.)
+        with quiet_print_config():
+            first = (parser.parse_object(args, _skip_validation=True) if isinstance(args, (dict, Namespace))
+                     else parser.parse_args(args, _skip_validation=True))
+        subcommand = first.get("subcommand")
+        path = first.get(f"{subcommand}.pretrained" if subcommand else "pretrained")
+        if path:
+            from siglip_lightning.interop.pretrained_folder import pretrained_settings
+
+            self._parser(subcommand).set_defaults(pretrained_settings(path))
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        from siglip_lightning.interop.read_once import forget
+
+        forget()  # the towers hold the pretrained weights now: no second copy for the whole run
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -90,43 +100,6 @@ def check_global_batch_size(global_batch_size: Optional[int], trainer: Any, data
         f"global_batch_size={global_batch_size} but data.batch_size ({per_device}) x trainer.devices ({devices}) x "
         f"trainer.num_nodes ({nodes}) x trainer.accumulate_grad_batches ({accumulate}) = {actual}: {hint}"
     )
-
-
-def with_pretrained_defaults(args: List[str]) -> List[str]:
-    """``args`` with the settings of ``--pretrained PATH`` (flag or config-file key) inserted right
-    after the subcommand, so that every config file and flag given by the user overrides them.
-    (Not ``link_arguments``: a link silently overrides a hand-set value.)"""
-    from siglip_lightning.interop.pretrained_folder import pretrained_settings
-
-    path = _pretrained_path(args)
-    if path is None:
-        return args
-    # right after the subcommand (the first bare word that is not an option's value), so everything given wins
-    where = next((i + 1 for i, a in enumerate(args) if a in SUBCOMMANDS and (i == 0 or not args[i - 1].startswith("-"))), 0)
-    derived = [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
-               for key, value in pretrained_settings(path).items()]
-    return args[:where] + derived + args[where:]
-
-
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-def _pretrained_path(args: List[str]) -> Optional[str]:
-    flags = [a.split("=", 1)[1] for a in args if a.startswith("--pretrained=")]
-    flags += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--pretrained"]
-    if flags:  # the flag (given once; several would be ambiguous)
-        if len(set(flags)) > 1:
-            raise UserInputError(f"--pretrained given several times: {flags}")
-        return None if flags[0] in ("", "null", "None") else flags[0]
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    paths = []
-    for config in configs:
-        if Path(config).is_file():
-            loaded = yaml.safe_load(Path(config).read_text()) or {}
-            if isinstance(loaded, dict) and loaded.get("pretrained"):
-                paths.append(str(loaded["pretrained"]))
-    return paths[-1] if paths else None
 
 
 def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:
