@@ -174,18 +174,26 @@ def _class_paths(value: Any) -> Iterator[Tuple[str, dict]]:
             yield from _class_paths(inner)
 
 
-def released_source(hparams: dict) -> Optional[Tuple[str, str]]:
-    """(family, folder or open_clip name) of the released checkpoint a run's towers were built from, if any.
-
-    Tower classes are matched by name (the last part of ``class_path``), so a checkpoint that names a
-    tower by its module path is recognised as one that names it by its public name.
-    """
-    for class_path, init_args in _class_paths(hparams or {}):
+def _tower_source(tower_hparams: Any) -> Optional[Tuple[str, str]]:
+    for class_path, init_args in _class_paths(tower_hparams):
         name = class_path.rsplit(".", 1)[-1]
         for family_name, family in FAMILIES.items():
             if name in (family.image_tower, family.text_tower):
                 return family_name, str(init_args.get("path") or init_args.get("model_name"))
     return None
+
+
+def released_source(hparams: dict, both_towers: bool = False) -> Optional[Tuple[str, str]]:
+    """(family, folder or open_clip name) of the released checkpoint a run's towers were built from:
+    either tower (``both_towers``: both, from the same folder, as export needs to carry its processor).
+
+    Tower classes are matched by name (the last part of ``class_path``), so a checkpoint that names a
+    tower by its module path is recognised as one that names it by its public name.
+    """
+    sources = [_tower_source((hparams or {}).get(key)) for key in ("image_tower", "text_tower")]
+    if both_towers:
+        return sources[0] if sources[0] is not None and sources[0] == sources[1] else None
+    return next((source for source in sources if source is not None), None)
 
 
 def pretrained_settings(path: str) -> Settings:

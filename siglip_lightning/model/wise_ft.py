@@ -34,7 +34,7 @@ def initial_state(checkpoint: dict, initial: Optional[str] = None) -> Dict[str, 
     # the table of checkpoint families knows which towers are built from released weights
     from siglip_lightning.interop.pretrained_folder import released_source
 
-    if released_source({k: hparams.get(k) for k in ("image_tower", "text_tower")}) is None:
+    if released_source(hparams) is None:
         raise UserInputError("this run did not start from released weights (--pretrained) or model.init_from: "
                              "name the checkpoint it started from with --initial")
     from siglip_lightning.model.module import SigLIPModule

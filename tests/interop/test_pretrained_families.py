@@ -42,6 +42,25 @@ def test_wise_ft_rebuilds_both_ends_of_a_siglip2_finetune(siglip2_folder, tmp_pa
         rebuilt = torch.load(out, weights_only=True)["state_dict"]
         assert set(rebuilt) == set(expected)
         assert all(torch.equal(rebuilt[k], expected[k]) for k in expected), f"alpha {alpha}"
+    # export finds the family (and format) from the same table, and carries the folder's processor
+    check_export(cli, ckpt, siglip2_folder, tmp_path / "export")
+
+
+def check_export(cli, ckpt: Path, folder: Path, out: Path) -> None:
+    from transformers import AutoProcessor, Siglip2Model
+
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(out)])  # no --format: the source's
+    model = Siglip2Model.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    captions = ["a large red circle", "two small blue squares, left of a star."]
+    ids = processor.tokenizer(captions, padding="max_length", max_length=16, truncation=True,
+                              return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, AutoProcessor.from_pretrained(folder).tokenizer(
+        captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"])
+    module = cli.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.text_tower(ids), model.get_text_features(input_ids=ids).pooler_output,
+                                   atol=1e-5, rtol=1e-5)
 
 
 def _count_weight_reads(monkeypatch, folder: Path) -> list:
@@ -92,6 +111,7 @@ def test_every_family_names_public_towers():
             assert name in siglip_lightning.__all__ and isinstance(getattr(siglip_lightning, name), type)
     locked = {"class_path": "siglip_lightning.LockedTower",
               "init_args": {"tower": {"class_path": "siglip_lightning.HFVisionTower", "init_args": {"path": "/m"}}}}
-    assert released_source({"image_tower": locked, "text_tower": {"class_path": "siglip_lightning.TextTower"}}) \
-        == ("siglip", "/m")
+    siglit = {"image_tower": locked, "text_tower": {"class_path": "siglip_lightning.TextTower"}}
+    assert released_source(siglit) == ("siglip", "/m")
+    assert released_source(siglit, both_towers=True) is None  # its text is not the folder's: no processor to carry
     assert released_source({"image_tower": {"class_path": "siglip_lightning.VisionTower"}}) is None
