@@ -35,7 +35,7 @@ class SigLIPCLI(LightningCLI):
                             help="If set, fail unless data.batch_size x devices x num_nodes x "
                                  "accumulate_grad_batches equals it (a check, nothing is derived from it).")
         parser.add_argument("--pretrained", type=Optional[str], default=None,
-                            help="A local Hugging Face SigLIP or open_clip SigLIP model folder to fine-tune: "
+                            help="A local Hugging Face SigLIP / SigLIP 2 or open_clip SigLIP model folder to fine-tune: "
                                  "sets the towers, t' and b, the tokenizer and the image preprocessing, unless "
                                  "a config file or flag sets them (docs/FINETUNING.md).")
 
