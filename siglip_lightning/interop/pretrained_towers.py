@@ -16,8 +16,9 @@ for both towers (``read_once.py``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch import nn
 
 from siglip_lightning.interop import hf, openclip
@@ -27,7 +28,18 @@ from siglip_lightning.interop.read_once import read_once, stamp
 from siglip_lightning.towers import NaFlexVisionTower, TextTower, VisionTower
 
 
-class HFVisionTower(VisionTower):
+class _FromHFFolder:
+    """A tower whose constructor arguments and weights come from ``read(path)``: (kwargs, state dict)."""
+
+    read: Callable[[str], Tuple[Dict, Dict[str, torch.Tensor]]]
+
+    def __init__(self, path: str, grad_checkpointing: bool = False) -> None:
+        kwargs, state = self.read(path)
+        super().__init__(**kwargs, grad_checkpointing=grad_checkpointing)
+        load_exact(self, state, path)
+
+
+class HFVisionTower(_FromHFFolder, VisionTower):
     """The image tower of a local Hugging Face ``SiglipModel`` folder.
 
     Args:
@@ -35,13 +47,10 @@ class HFVisionTower(VisionTower):
         grad_checkpointing: recompute block activations in backward.
     """
 
-    def __init__(self, path: str, grad_checkpointing: bool = False) -> None:
-        kwargs, state = hf.vision_from_hf(path)
-        super().__init__(**kwargs, grad_checkpointing=grad_checkpointing)
-        load_exact(self, state, path)
+    read = staticmethod(hf.vision_from_hf)
 
 
-class HFTextTower(TextTower):
+class HFTextTower(_FromHFFolder, TextTower):
     """The text tower of a local Hugging Face ``SiglipModel`` folder.
 
     Args:
@@ -49,13 +58,10 @@ class HFTextTower(TextTower):
         grad_checkpointing: recompute block activations in backward.
     """
 
-    def __init__(self, path: str, grad_checkpointing: bool = False) -> None:
-        kwargs, state = hf.text_from_hf(path)
-        super().__init__(**kwargs, grad_checkpointing=grad_checkpointing)
-        load_exact(self, state, path)
+    read = staticmethod(hf.text_from_hf)
 
 
-class HFSiglip2VisionTower(NaFlexVisionTower):
+class HFSiglip2VisionTower(_FromHFFolder, NaFlexVisionTower):
     """The NaFlex image tower of a local Hugging Face ``Siglip2Model`` folder (SigLIP 2). The data must
     match the folder: :func:`~siglip_lightning.interop.hf_siglip2.finetune_settings` lists every setting.
 
@@ -64,24 +70,18 @@ class HFSiglip2VisionTower(NaFlexVisionTower):
         grad_checkpointing: recompute block activations in backward.
     """
 
-    def __init__(self, path: str, grad_checkpointing: bool = False) -> None:
-        kwargs, state = naflex_from_siglip2(path)
-        super().__init__(**kwargs, grad_checkpointing=grad_checkpointing)
-        load_exact(self, state, path)
+    read = staticmethod(naflex_from_siglip2)
 
 
-class HFSiglip2TextTower(TextTower):
-    """The text tower of a local Hugging Face ``Siglip2Model`` folder.
+class HFSiglip2TextTower(_FromHFFolder, TextTower):
+    """The text tower of a local Hugging Face ``Siglip2Model`` folder (the same layout as ``SiglipModel``'s).
 
     Args:
         path: folder with ``config.json`` and ``*.safetensors``.
         grad_checkpointing: recompute block activations in backward.
     """
 
-    def __init__(self, path: str, grad_checkpointing: bool = False) -> None:
-        kwargs, state = text_from_siglip2(path)
-        super().__init__(**kwargs, grad_checkpointing=grad_checkpointing)
-        load_exact(self, state, path)
+    read = staticmethod(text_from_siglip2)
 
 
 def open_clip_model(model_name: str, checkpoint_path: Optional[str] = None) -> nn.Module:
