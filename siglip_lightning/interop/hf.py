@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop.hf_layout import (
-    TEXT, VISION, block_kwargs, logits_from_state, logits_to_hf, read_folder, text_config_dict, text_from_folder,
-    tower_from_hf, tower_to_hf, vision_config, vision_config_dict,
+    VISION, block_kwargs, logits_from_state, model_to_hf, read_folder, text_config_dict, text_from_folder,
+    tower_from_hf, vision_config, vision_config_dict,
 )
-from siglip_lightning.interop.keys import dense_text_state, text_shape, vision_shape
+from siglip_lightning.interop.keys import text_shape, vision_shape
 from siglip_lightning.towers import TextTower, VisionTower
 
 WEIGHTS = "model.safetensors"
@@ -43,14 +43,7 @@ def hf_config(image_tower: VisionTower, text_tower: TextTower, eos_id: int = 1) 
 def to_hf_state_dict(image_tower: VisionTower, text_tower: TextTower, logit_scale: torch.Tensor,
                      logit_bias: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """HF ``SiglipModel`` state dict; ``logit_scale`` is t' (log of the temperature)."""
-    v_layers = len(image_tower.transformer.resblocks)
-    t_layers = len(text_tower.transformer.resblocks)
-    image_state = dict(image_tower.state_dict())
-    out = tower_to_hf(image_state, v_layers, VISION)
-    out[VISION + "embeddings.position_embedding.weight"] = image_state["pos_embed"][0].detach().clone()
-    out.update(tower_to_hf(dense_text_state(text_tower), t_layers, TEXT))
-    out.update(logits_to_hf(logit_scale, logit_bias))
-    return {k: v.contiguous().float() for k, v in out.items()}
+    return model_to_hf(image_tower, text_tower, logit_scale, logit_bias, image_tower.pos_embed[0])
 
 
 def save_hf_tokenizer(sentencepiece_model: Path, out_dir: Path, context_length: int) -> None:

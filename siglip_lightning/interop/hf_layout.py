@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.interop.keys import HF_BLOCK, linear_pairs, split_qkv
+from siglip_lightning.interop.keys import HF_BLOCK, dense_text_state, linear_pairs, split_qkv
 from siglip_lightning.interop.read_once import read_once, stamp
+from siglip_lightning.towers import TextTower
 
 VISION, TEXT = "vision_model.", "text_model."
 # transformers' own defaults for keys a config.json may leave out (the same for both model types)
@@ -74,10 +76,16 @@ def tower_from_hf(hf: Dict[str, torch.Tensor], layers: int, prefix: str) -> Dict
     return out
 
 
-def logits_to_hf(logit_scale: torch.Tensor, logit_bias: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """HF's ``logit_scale`` holds t' (exponentiated in the forward), as ours; no bias is written as 0."""
-    bias = logit_bias.detach() if logit_bias is not None else torch.zeros(())
-    return {"logit_scale": logit_scale.detach().reshape(1).clone(), "logit_bias": bias.reshape(1).clone()}
+def model_to_hf(image_tower: nn.Module, text_tower: TextTower, logit_scale: torch.Tensor,
+                logit_bias: Optional[torch.Tensor], position_table: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The model's state dict under HF names; ``position_table``: the image position embeddings as HF's
+    ``[positions, width]`` table. HF's ``logit_scale`` holds t' (exponentiated in the forward), as ours."""
+    out = tower_to_hf(dict(image_tower.state_dict()), len(image_tower.transformer.resblocks), VISION)
+    out[VISION + "embeddings.position_embedding.weight"] = position_table.detach().clone()
+    out.update(tower_to_hf(dense_text_state(text_tower), len(text_tower.transformer.resblocks), TEXT))
+    bias = logit_bias.detach() if logit_bias is not None else torch.zeros(())  # no bias is written as 0
+    out.update({"logit_scale": logit_scale.detach().reshape(1).clone(), "logit_bias": bias.reshape(1).clone()})
+    return {k: v.contiguous().float() for k, v in out.items()}
 
 
 def text_config_dict(t: Dict, pad_id: int, eos_id: int) -> Dict:

@@ -22,10 +22,10 @@ from safetensors.torch import save_file
 
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop.hf_layout import (
-    TEXT, VISION, block_kwargs, logits_from_state, logits_to_hf, read_folder, text_config_dict,
-    text_from_folder, tower_from_hf, tower_to_hf, vision_config, vision_config_dict,
+    VISION, block_kwargs, logits_from_state, model_to_hf, read_folder, text_config_dict, text_from_folder,
+    tower_from_hf, vision_config, vision_config_dict,
 )
-from siglip_lightning.interop.keys import dense_text_state, load_exact, norm_eps, text_shape
+from siglip_lightning.interop.keys import load_exact, norm_eps, text_shape
 from siglip_lightning.towers import TextTower
 from siglip_lightning.towers.naflex import NaFlexVisionTower
 
@@ -64,13 +64,7 @@ def siglip2_config(image_tower: NaFlexVisionTower, text_tower: TextTower, pad_id
 def to_siglip2_state_dict(image_tower: NaFlexVisionTower, text_tower: TextTower, logit_scale: torch.Tensor,
                           logit_bias: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """HF ``Siglip2Model`` state dict; ``logit_scale`` is t' (log of the temperature)."""
-    v_layers, t_layers = len(image_tower.transformer.resblocks), len(text_tower.transformer.resblocks)
-    image_state = dict(image_tower.state_dict())
-    out = tower_to_hf(image_state, v_layers, VISION)
-    out[VISION + "embeddings.position_embedding.weight"] = image_state["pos_grid"].detach().flatten(0, 1).clone()
-    out.update(tower_to_hf(dense_text_state(text_tower), t_layers, TEXT))
-    out.update(logits_to_hf(logit_scale, logit_bias))
-    return {k: v.contiguous().float() for k, v in out.items()}
+    return model_to_hf(image_tower, text_tower, logit_scale, logit_bias, image_tower.pos_grid.flatten(0, 1))
 
 
 def processor_config(patch_size: int, max_num_patches: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> Dict:

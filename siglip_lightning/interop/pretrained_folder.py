@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-import torch
-
 from siglip_lightning.errors import UserInputError
 
 Settings = Dict[str, Any]  # dotted config key -> value
@@ -95,10 +93,10 @@ def siglip_settings(folder: Path, config: dict) -> Settings:
 
 
 def _open_clip_logits(folder: Path) -> tuple:
-    from siglip_lightning.interop.pretrained_towers import open_clip_model
+    from siglip_lightning.interop.pretrained_towers import OPEN_CLIP_WEIGHTS, open_clip_model
 
-    if not any((folder / name).is_file() for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
-        raise UserInputError(f"no open_clip_model.safetensors or open_clip_pytorch_model.bin in {folder}")
+    if not any((folder / name).is_file() for name in OPEN_CLIP_WEIGHTS):
+        raise UserInputError(f"no {' or '.join(OPEN_CLIP_WEIGHTS)} in {folder}")
     model = open_clip_model(f"local-dir:{folder}")  # read once: the towers take theirs from the same model
     if getattr(model, "logit_bias", None) is None:
         raise UserInputError(f"{folder} has no logit_bias: not a SigLIP (sigmoid-loss) open_clip model")

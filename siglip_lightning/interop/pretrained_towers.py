@@ -84,11 +84,16 @@ class HFSiglip2TextTower(_FromHFFolder, TextTower):
     read = staticmethod(text_from_siglip2)
 
 
+OPEN_CLIP_WEIGHTS = (openclip.WEIGHTS, "open_clip_pytorch_model.bin")  # what open_clip's local-dir: folders hold
+
+
 def open_clip_model(model_name: str, checkpoint_path: Optional[str] = None) -> nn.Module:
-    """The open_clip model, built and loaded once per process for both towers and t', b."""
-    weights = Path(checkpoint_path) if checkpoint_path else None
-    if weights is None and model_name.startswith("local-dir:"):
-        weights = Path(model_name[len("local-dir:"):]).expanduser() / openclip.WEIGHTS
+    """The open_clip model, built and loaded once per process for both towers and t', b (weights: the
+    file given, else a ``local-dir:`` folder's own, safetensors or ``.bin``)."""
+    if checkpoint_path is None and model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):]).expanduser()
+        checkpoint_path = next((str(folder / f) for f in OPEN_CLIP_WEIGHTS if (folder / f).is_file()), None)
+    weights = Path(checkpoint_path).expanduser() if checkpoint_path else None
     key = ("open_clip", model_name, stamp([weights]) if weights is not None and weights.is_file() else checkpoint_path)
     return read_once(key, lambda: openclip.create_open_clip(model_name, checkpoint_path))
 

@@ -115,3 +115,25 @@ def test_every_family_names_public_towers():
     assert released_source(siglit) == ("siglip", "/m")
     assert released_source(siglit, both_towers=True) is None  # its text is not the folder's: no processor to carry
     assert released_source({"image_tower": {"class_path": "siglip_lightning.VisionTower"}}) is None
+
+
+def test_an_open_clip_folder_with_bin_weights_gives_the_same_towers(tmp_path):
+    """open_clip's older folders hold ``open_clip_pytorch_model.bin``: towers, t' and b come from it too."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from siglip_lightning.interop.pretrained_folder import pretrained_settings
+    from siglip_lightning.interop.pretrained_towers import OpenCLIPTextTower, OpenCLIPVisionTower
+
+    folder = make_open_clip_siglip(tmp_path / "tiny-oc")
+    old = tmp_path / "tiny-oc-bin"
+    shutil.copytree(folder, old)
+    torch.save(load_file(str(old / "open_clip_model.safetensors")), old / "open_clip_pytorch_model.bin")
+    (old / "open_clip_model.safetensors").unlink()
+    settings, expected = pretrained_settings(str(old)), pretrained_settings(str(folder))
+    assert (settings["model.init_logit_scale"], settings["model.init_logit_bias"]) == \
+        (expected["model.init_logit_scale"], expected["model.init_logit_bias"])
+    for tower in (OpenCLIPVisionTower, OpenCLIPTextTower):
+        ours, theirs = tower(f"local-dir:{old}").state_dict(), tower(f"local-dir:{folder}").state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
