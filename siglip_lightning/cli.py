@@ -5,6 +5,7 @@ import importlib
 import os
 import sys
 import traceback
+from argparse import ArgumentError
 from typing import Any, List, Optional
 
 from jsonargparse import Namespace
@@ -23,6 +24,7 @@ class SigLIPCLI(LightningCLI):
     """fit / validate / test / predict, configured by YAML (``--config``) and flags."""
 
     def __init__(self, *args, **kwargs) -> None:
+        self._pretrained_parsers: List[LightningArgumentParser] = []  # every parser that takes --pretrained
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"epilog": "Other commands (each takes --help): "
                                             + ", ".join(EXTRA_COMMANDS) + "."})
@@ -38,21 +40,51 @@ class SigLIPCLI(LightningCLI):
                             help="A local Hugging Face SigLIP / SigLIP 2 or open_clip SigLIP model folder to fine-tune: "
                                  "sets the towers, t' and b, the tokenizer and the image preprocessing, unless "
                                  "a config file or flag sets them (docs/FINETUNING.md).")
+        self._pretrained_parsers.append(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # --pretrained FOLDER (flag or config key) as the parser reads it, then the folder's settings as
         # parser defaults and a second parse: every value set in a config file or flag wins over them.
         # (Not link_arguments: a link silently overrides a value set by hand.)
-        with quiet_print_config():
-            first = (parser.parse_object(args, _skip_validation=True) if isinstance(args, (dict, Namespace))
-                     else parser.parse_args(args, _skip_validation=True))
-        subcommand = first.get("subcommand")
-        path = first.get(f"{subcommand}.pretrained" if subcommand else "pretrained")
+        towers = [{key: each.get_default(key) for key in TOWER_KEYS} for each in self._pretrained_parsers]
+        path = self._read_pretrained(parser, args)
+        settings = {}
         if path:
             from siglip_lightning.interop.pretrained_folder import pretrained_settings
 
-            self._parser(subcommand).set_defaults(pretrained_settings(path))
+            settings = pretrained_settings(path)
+        for each, defaults in zip(self._pretrained_parsers, towers):
+            each.set_defaults({**defaults, **settings})  # the stand-in towers give way
         super().parse_arguments(parser, args)
+
+    def _read_pretrained(self, parser: LightningArgumentParser, args: Any) -> Optional[str]:
+        """``pretrained`` as parsed from the flags and config files (no validation, no --print_config).
+
+        Tower ``init_args`` given without a ``class_path`` are meant for the folder's towers, which are
+        not known yet: if they fail to parse, a stand-in tower class taking any of their arguments
+        parses them meanwhile. Anything else that fails is left to the real parse to report."""
+        from siglip_lightning.interop.pretrained_folder import stand_in_towers
+
+        parsers = [parser, *self._pretrained_parsers]
+        for attempt in range(2):
+            if attempt:
+                for each in self._pretrained_parsers:
+                    each.set_defaults(stand_in_towers(TOWER_KEYS))
+            flags = [each.exit_on_error for each in parsers]
+            try:
+                for each in parsers:
+                    each.exit_on_error = False  # raise, do not print: this parse only looks
+                with quiet_print_config():
+                    first = (parser.parse_object(args, _skip_validation=True) if isinstance(args, (dict, Namespace))
+                             else parser.parse_args(args, _skip_validation=True))
+                subcommand = first.get("subcommand")
+                return first.get(f"{subcommand}.pretrained" if subcommand else "pretrained")
+            except ArgumentError:
+                continue
+            finally:
+                for each, flag in zip(parsers, flags):
+                    each.exit_on_error = flag
+        return None
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -100,6 +132,9 @@ def check_global_batch_size(global_batch_size: Optional[int], trainer: Any, data
         f"global_batch_size={global_batch_size} but data.batch_size ({per_device}) x trainer.devices ({devices}) x "
         f"trainer.num_nodes ({nodes}) x trainer.accumulate_grad_batches ({accumulate}) = {actual}: {hint}"
     )
+
+
+TOWER_KEYS = ("model.image_tower", "model.text_tower")
 
 
 def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:

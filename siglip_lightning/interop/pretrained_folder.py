@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
+from torch import nn
+
 from siglip_lightning.errors import UserInputError
 
 Settings = Dict[str, Any]  # dotted config key -> value
@@ -158,6 +160,27 @@ FAMILIES: Dict[str, Family] = {
     "open_clip": Family(open_clip_settings, "OpenCLIPVisionTower", "OpenCLIPTextTower", "open_clip", "open_clip"),
     "siglip2": Family(siglip2_settings, "HFSiglip2VisionTower", "HFSiglip2TextTower", "gemma", "hf"),
 }
+
+
+class AnyFolderTower(nn.Module):
+    """Stands in for a folder's tower while the CLI parses to find ``--pretrained`` (never built): it
+    takes the arguments of every family's towers, so that ``--model.image_tower.init_args.X`` given
+    without a ``class_path`` parses before the folder's tower class is known.
+
+    Args:
+        path: a Hugging Face folder.
+        model_name: an open_clip model name.
+        checkpoint_path: an open_clip weights file.
+        grad_checkpointing: recompute block activations in backward.
+    """
+
+    def __init__(self, path: Optional[str] = None, model_name: Optional[str] = None,
+                 checkpoint_path: Optional[str] = None, grad_checkpointing: bool = False) -> None:
+        raise RuntimeError("AnyFolderTower only stands in while --pretrained is looked for")
+
+
+def stand_in_towers(keys) -> Settings:
+    return {key: {"class_path": f"{__name__}.AnyFolderTower"} for key in keys}
 
 
 def _class_paths(value: Any) -> Iterator[Tuple[str, dict]]:

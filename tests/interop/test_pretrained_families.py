@@ -137,3 +137,31 @@ def test_an_open_clip_folder_with_bin_weights_gives_the_same_towers(tmp_path):
     for tower in (OpenCLIPVisionTower, OpenCLIPTextTower):
         ours, theirs = tower(f"local-dir:{old}").state_dict(), tower(f"local-dir:{folder}").state_dict()
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_tower_init_args_without_a_class_path_go_to_the_folders_towers(tmp_path, capsys):
+    """``init_args`` for the towers (flag or config file) refine the folder's towers, as any other setting."""
+    import yaml
+
+    folder = make_hf_siglip(tmp_path / "tiny-siglip")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  text_tower:\n    init_args:\n      grad_checkpointing: true\n")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *SIGLIP_CONFIGS, "--config", str(mine), "--pretrained", str(folder),
+                  "--model.image_tower.init_args.grad_checkpointing=true", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]
+    for key, name in (("image_tower", "HFVisionTower"), ("text_tower", "HFTextTower")):
+        assert printed[key] == {"class_path": f"siglip_lightning.{name}",
+                                "init_args": {"path": str(folder), "grad_checkpointing": True}}
+
+
+def test_the_parse_stand_in_takes_every_family_towers_arguments():
+    import inspect
+
+    import siglip_lightning
+    from siglip_lightning.interop.pretrained_folder import AnyFolderTower
+
+    stand_in = set(inspect.signature(AnyFolderTower).parameters)
+    for family in FAMILIES.values():
+        for name in (family.image_tower, family.text_tower):
+            assert set(inspect.signature(getattr(siglip_lightning, name)).parameters) <= stand_in, name
