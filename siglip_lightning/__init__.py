@@ -12,10 +12,11 @@ from siglip_lightning.losses import (
 from siglip_lightning.model.module import SigLIPModule
 from siglip_lightning.towers.locked import LockedTower
 from siglip_lightning.towers.precomputed import PrecomputedImageTower
-from siglip_lightning.towers.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
 from siglip_lightning.towers import TextTower, VisionTower
 from siglip_lightning.towers.naflex import NaFlexVisionTower
-from siglip_lightning.towers.pretrained_siglip2 import HFSiglip2TextTower, HFSiglip2VisionTower
+from siglip_lightning.interop.pretrained_towers import (
+    HFSiglip2TextTower, HFSiglip2VisionTower, HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower,
+)
 
 __version__ = "0.1.0"
 __all__ = [

@@ -105,3 +105,18 @@ def hard_exit(code: int) -> None:
     """End the process now, without running exit handlers: a hung thread may hold locks that a
     normal exit would wait on forever (checkpointing/watchdog.py)."""
     os._exit(code)
+
+
+# --- jsonargparse ---------------------------------------------------------------------------------
+
+def quiet_print_config():
+    """A context in which a parse does not act on ``--print_config`` (print and exit): cli.py parses
+    once to read ``--pretrained``, then again with the folder's defaults, and only the second prints.
+    jsonargparse's own switch for this is private."""
+    from jsonargparse._actions import _ActionPrintConfig
+
+    skip = getattr(_ActionPrintConfig, "skip_print_config", None)
+    if skip is None:
+        raise RuntimeError("jsonargparse._actions._ActionPrintConfig.skip_print_config is not where "
+                           "siglip_lightning/_compat.py expects it; pin jsonargparse in pyproject.toml")
+    return skip()

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import traceback
-from pathlib import Path
+from argparse import ArgumentError
 from typing import Any, List, Optional
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from siglip_lightning._compat import quiet_print_config
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.errors import TrainingAbortedError, UserInputError
 from siglip_lightning.checkpointing import NonFiniteGuard, RNGStateCallback, install_atomic_io
@@ -25,6 +24,7 @@ class SigLIPCLI(LightningCLI):
     """fit / validate / test / predict, configured by YAML (``--config``) and flags."""
 
     def __init__(self, *args, **kwargs) -> None:
+        self._pretrained_parsers: List[LightningArgumentParser] = []  # every parser that takes --pretrained
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"epilog": "Other commands (each takes --help): "
                                             + ", ".join(EXTRA_COMMANDS) + "."})
@@ -37,18 +37,60 @@ class SigLIPCLI(LightningCLI):
                             help="If set, fail unless data.batch_size x devices x num_nodes x "
                                  "accumulate_grad_batches equals it (a check, nothing is derived from it).")
         parser.add_argument("--pretrained", type=Optional[str], default=None,
-                            help="A local Hugging Face SigLIP or open_clip SigLIP model folder to fine-tune: "
+                            help="A local Hugging Face SigLIP / SigLIP 2 or open_clip SigLIP model folder to fine-tune: "
                                  "sets the towers, t' and b, the tokenizer and the image preprocessing, unless "
                                  "a config file or flag sets them (docs/FINETUNING.md).")
+        self._pretrained_parsers.append(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if isinstance(args, (dict, Namespace)):
-            return super().parse_arguments(parser, args)
-        given = list(sys.argv[1:] if args is None else args)
-        expanded = with_pretrained_defaults(given)
-        if expanded == given:
-            return super().parse_arguments(parser, args)
-        self.config = parser.parse_args(expanded)  # as super() does for a list, without its sys.argv warning
+        # --pretrained FOLDER (flag or config key) as the parser reads it, then the folder's settings as
+        # parser defaults and a second parse: every value set in a config file or flag wins over them.
+        # (Not link_arguments: a link silently overrides a value set by hand.)
+        towers = [{key: each.get_default(key) for key in TOWER_KEYS} for each in self._pretrained_parsers]
+        path = self._read_pretrained(parser, args)
+        settings = {}
+        if path:
+            from siglip_lightning.interop.pretrained_folder import pretrained_settings
+
+            settings = pretrained_settings(path)
+        for each, defaults in zip(self._pretrained_parsers, towers):
+            each.set_defaults({**defaults, **settings})  # the stand-in towers give way
+        super().parse_arguments(parser, args)
+
+    def _read_pretrained(self, parser: LightningArgumentParser, args: Any) -> Optional[str]:
+        """``pretrained`` as parsed from the flags and config files (no validation, no --print_config).
+
+        Tower ``init_args`` given without a ``class_path`` are meant for the folder's towers, which are
+        not known yet: if they fail to parse, a stand-in tower class taking any of their arguments
+        parses them meanwhile. Anything else that fails is left to the real parse to report."""
+        from siglip_lightning.interop.pretrained_folder import stand_in_towers
+
+        parsers = [parser, *self._pretrained_parsers]
+        for attempt in range(2):
+            if attempt:
+                for each in self._pretrained_parsers:
+                    each.set_defaults(stand_in_towers(TOWER_KEYS))
+            flags = [each.exit_on_error for each in parsers]
+            try:
+                for each in parsers:
+                    each.exit_on_error = False  # raise, do not print: this parse only looks
+                with quiet_print_config():
+                    first = (parser.parse_object(args, _skip_validation=True) if isinstance(args, (dict, Namespace))
+                             else parser.parse_args(args, _skip_validation=True))
+                subcommand = first.get("subcommand")
+                return first.get(f"{subcommand}.pretrained" if subcommand else "pretrained")
+            except ArgumentError:
+                continue
+            finally:
+                for each, flag in zip(parsers, flags):
+                    each.exit_on_error = flag
+        return None
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        from siglip_lightning.interop.read_once import forget
+
+        forget()  # the towers hold the pretrained weights now: no second copy for the whole run
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -92,41 +134,7 @@ def check_global_batch_size(global_batch_size: Optional[int], trainer: Any, data
     )
 
 
-def with_pretrained_defaults(args: List[str]) -> List[str]:
-    """``args`` with the settings of ``--pretrained PATH`` (flag or config-file key) inserted right
-    after the subcommand, so that every config file and flag given by the user overrides them.
-    (Not ``link_arguments``: a link silently overrides a hand-set value.)"""
-    from siglip_lightning.interop.pretrained_folder import pretrained_settings
-
-    path = _pretrained_path(args)
-    if path is None:
-        return args
-    # right after the subcommand (the first bare word that is not an option's value), so everything given wins
-    where = next((i + 1 for i, a in enumerate(args) if a in SUBCOMMANDS and (i == 0 or not args[i - 1].startswith("-"))), 0)
-    derived = [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
-               for key, value in pretrained_settings(path).items()]
-    return args[:where] + derived + args[where:]
-
-
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-def _pretrained_path(args: List[str]) -> Optional[str]:
-    flags = [a.split("=", 1)[1] for a in args if a.startswith("--pretrained=")]
-    flags += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--pretrained"]
-    if flags:  # the flag (given once; several would be ambiguous)
-        if len(set(flags)) > 1:
-            raise UserInputError(f"--pretrained given several times: {flags}")
-        return None if flags[0] in ("", "null", "None") else flags[0]
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    paths = []
-    for config in configs:
-        if Path(config).is_file():
-            loaded = yaml.safe_load(Path(config).read_text()) or {}
-            if isinstance(loaded, dict) and loaded.get("pretrained"):
-                paths.append(str(loaded["pretrained"]))
-    return paths[-1] if paths else None
+TOWER_KEYS = ("model.image_tower", "model.text_tower")
 
 
 def cli_main(args: Optional[List[str]] = None, **kwargs) -> SigLIPCLI:

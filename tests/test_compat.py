@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import lightning
+import pytest
 import torch
 import torch.nn.functional as F
 from packaging.version import Version
@@ -70,3 +71,19 @@ def test_shared_memory_empty_is_shared_and_sized():
     like = torch.zeros(3, dtype=torch.float16)
     out = _compat.shared_memory_empty(like, 12)
     assert out.shape == (12,) and out.dtype == torch.float16 and out.is_shared()
+
+
+def test_quiet_print_config_parses_without_printing(capsys):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from siglip_lightning._compat import quiet_print_config
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--x", type=int, default=1)
+    with quiet_print_config():
+        assert parser.parse_args(["--x=3", "--print_config"]).x == 3  # parsed, nothing printed, no exit
+    assert capsys.readouterr().out == ""
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--x=4", "--print_config"])
+    assert "x: 4" in capsys.readouterr().out

@@ -91,12 +91,15 @@ def image_settings_from_checkpoint(module: SigLIPModule, checkpoint: dict) -> Op
 
 
 def pretrained_source(checkpoint: dict) -> Tuple[Optional[str], Optional[str]]:
-    """(format, folder) of the checkpoint a run was fine-tuned from, read from its datamodule settings."""
-    params = checkpoint.get("datamodule_hyper_parameters") or {}
-    kind = params.get("tokenizer_type")
-    if kind in ("hf", "open_clip"):
-        return kind, params.get("tokenizer_path")
-    return None, None
+    """(format, folder) of the released checkpoint a run was fine-tuned from (both towers are one of
+    ``pretrained_folder.FAMILIES``' from one folder, so its processor applies), or (None, None)."""
+    from siglip_lightning.interop.pretrained_folder import FAMILIES, released_source
+
+    source = released_source(checkpoint.get("hyper_parameters") or {}, both_towers=True)
+    if source is None:
+        return None, None
+    family, folder = source
+    return FAMILIES[family].export_format, folder
 
 
 def tokenizer_from_checkpoint(checkpoint: dict) -> Optional[str]:

@@ -15,77 +15,24 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from safetensors.torch import save_file
 
 from siglip_lightning.errors import UserInputError
-from siglip_lightning.interop.hf import read_hf_folder
 from siglip_lightning.interop.hf_processor import warn_if_pipeline_cannot_run
-from siglip_lightning.interop.keys import (
-    HF_BLOCK, dense_text_state, linear_pairs, load_exact, norm_eps, split_qkv, text_shape,
+from siglip_lightning.interop.hf_layout import (
+    VISION, block_kwargs, logits_from_state, model_to_hf, read_folder, text_config_dict, text_from_folder,
+    tower_from_hf, vision_config, vision_config_dict,
 )
+from siglip_lightning.interop.keys import load_exact, norm_eps, text_shape
 from siglip_lightning.towers import TextTower
 from siglip_lightning.towers.naflex import NaFlexVisionTower
 
 WEIGHTS = "model.safetensors"
 MODEL_TYPE = "siglip2"
 PROCESSOR = "preprocessor_config.json"
-
-
-def _block_pairs(ours: str, theirs: str, layers: int) -> List[Tuple[str, str]]:
-    pairs: List[Tuple[str, str]] = []
-    for i in range(layers):
-        for mine, hf in HF_BLOCK:
-            pairs += linear_pairs(f"{ours}transformer.resblocks.{i}.{mine}", f"{theirs}encoder.layers.{i}.{hf}")
-    return pairs
-
-
-def _vision_pairs(layers: int) -> List[Tuple[str, str]]:
-    hf = "vision_model."
-    pairs = _block_pairs("", hf, layers)
-    pairs += linear_pairs("patch_embed", hf + "embeddings.patch_embedding")
-    pairs += linear_pairs("norm", hf + "post_layernorm")
-    pairs += [("head.probe", hf + "head.probe"), ("head.attention.in_proj_weight", hf + "head.attention.in_proj_weight"),
-              ("head.attention.in_proj_bias", hf + "head.attention.in_proj_bias")]
-    for mine, theirs in [("head.attention.out_proj", "head.attention.out_proj"), ("head.norm", "head.layernorm"),
-                         ("head.mlp.0", "head.mlp.fc1"), ("head.mlp.2", "head.mlp.fc2")]:
-        pairs += linear_pairs(mine, hf + theirs)
-    return pairs
-
-
-def _text_pairs(layers: int) -> List[Tuple[str, str]]:
-    hf = "text_model."
-    pairs = _block_pairs("", hf, layers)
-    pairs += [("token_embedding.weight", hf + "embeddings.token_embedding.weight"),
-              ("positional_embedding", hf + "embeddings.position_embedding.weight")]
-    pairs += linear_pairs("ln_final", hf + "final_layer_norm")
-    pairs += linear_pairs("text_projection", hf + "head")
-    return pairs
-
-
-def _to_hf(state: Dict[str, torch.Tensor], pairs, layers: int, prefix: str) -> Dict[str, torch.Tensor]:
-    out = {hf: state[ours].detach().clone() for ours, hf in pairs}
-    for i in range(layers):
-        src, dst = f"transformer.resblocks.{i}.attn.in_proj_", f"{prefix}encoder.layers.{i}.self_attn."
-        for kind in ("weight", "bias"):
-            for name, part in zip("qkv", split_qkv(state[src + kind].detach())):
-                out[f"{dst}{name}_proj.{kind}"] = part
-    return out
-
-
-def _from_hf(hf: Dict[str, torch.Tensor], pairs, layers: int, prefix: str) -> Dict[str, torch.Tensor]:
-    missing = [key for _, key in pairs if key not in hf]
-    if missing:
-        raise UserInputError(f"the Siglip2Model weights lack {missing[:6]}: not a complete {prefix[:-1]}")
-    out = {ours: hf[key] for ours, key in pairs}
-    for i in range(layers):
-        src = f"{prefix}encoder.layers.{i}.self_attn."
-        for kind in ("weight", "bias"):
-            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
-                [hf[f"{src}{n}_proj.{kind}"] for n in "qkv"], dim=0)
-    return out
 
 
 # --- config -----------------------------------------------------------------------------------------
@@ -109,19 +56,8 @@ def siglip2_config(image_tower: NaFlexVisionTower, text_tower: TextTower, pad_id
     return {
         "model_type": MODEL_TYPE,
         "architectures": ["Siglip2Model"],
-        "text_config": {
-            "vocab_size": t["vocab_size"], "hidden_size": t["width"],
-            "intermediate_size": round(t["width"] * t["mlp_ratio"]), "num_hidden_layers": t["layers"],
-            "num_attention_heads": t["heads"], "max_position_embeddings": t["context_length"],
-            "projection_size": t["output_dim"], "layer_norm_eps": t["norm_eps"], "hidden_act": "gelu_pytorch_tanh",
-            "pad_token_id": pad_id, "eos_token_id": eos_id, "bos_token_id": None,
-        },
-        "vision_config": {
-            "hidden_size": v["width"], "intermediate_size": round(v["width"] * v["mlp_ratio"]),
-            "num_hidden_layers": v["layers"], "num_attention_heads": v["heads"], "num_channels": 3,
-            "num_patches": v["position_grid"] ** 2, "patch_size": v["patch_size"], "layer_norm_eps": v["norm_eps"],
-            "hidden_act": "gelu_pytorch_tanh", "vision_use_head": True,
-        },
+        "text_config": text_config_dict(t, pad_id=pad_id, eos_id=eos_id),
+        "vision_config": dict(vision_config_dict(v), num_patches=v["position_grid"] ** 2),
     }
 
 
@@ -129,15 +65,7 @@ def siglip2_config(image_tower: NaFlexVisionTower, text_tower: TextTower, pad_id
 def to_siglip2_state_dict(image_tower: NaFlexVisionTower, text_tower: TextTower, logit_scale: torch.Tensor,
                           logit_bias: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """HF ``Siglip2Model`` state dict; ``logit_scale`` is t' (log of the temperature)."""
-    v_layers, t_layers = len(image_tower.transformer.resblocks), len(text_tower.transformer.resblocks)
-    image_state = dict(image_tower.state_dict())
-    out = _to_hf(image_state, _vision_pairs(v_layers), v_layers, "vision_model.")
-    out["vision_model.embeddings.position_embedding.weight"] = image_state["pos_grid"].detach().flatten(0, 1).clone()
-    out.update(_to_hf(dense_text_state(text_tower), _text_pairs(t_layers), t_layers, "text_model."))
-    out["logit_scale"] = logit_scale.detach().reshape(1).clone()
-    bias = logit_bias.detach() if logit_bias is not None else torch.zeros(())
-    out["logit_bias"] = bias.reshape(1).clone()
-    return {k: v.contiguous().float() for k, v in out.items()}
+    return model_to_hf(image_tower, text_tower, logit_scale, logit_bias, image_tower.pos_grid.flatten(0, 1))
 
 
 def processor_config(patch_size: int, max_num_patches: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> Dict:
@@ -211,23 +139,11 @@ def image_settings_from_checkpoint(checkpoint: Dict) -> Dict:
 # --- import -----------------------------------------------------------------------------------------
 def read_siglip2_folder(folder) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     """(config dict, state dict) of a local ``Siglip2Model`` folder."""
-    return read_hf_folder(folder, MODEL_TYPE)
+    return read_folder(folder, MODEL_TYPE)
 
 
 def _vision_config(config: Dict) -> Dict:
-    c = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-         "patch_size": 16, "num_patches": 256, "layer_norm_eps": 1e-6, "vision_use_head": True}
-    c.update(config.get("vision_config") or {})
-    return c
-
-
-def _text_config(config: Dict) -> Dict:
-    c = {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-         "num_attention_heads": 12, "max_position_embeddings": 64, "layer_norm_eps": 1e-6}
-    c.update(config.get("text_config") or {})
-    if c.get("projection_size") is None:
-        c["projection_size"] = c["hidden_size"]
-    return c
+    return vision_config(config, num_patches=256, vision_use_head=True)
 
 
 def naflex_from_siglip2(folder) -> Tuple[Dict, Dict[str, torch.Tensor]]:
@@ -239,32 +155,21 @@ def naflex_from_siglip2(folder) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     grid = round(c["num_patches"] ** 0.5)
     if grid * grid != c["num_patches"]:
         raise UserInputError(f"{folder}: num_patches {c['num_patches']} is not a square grid")
-    kwargs = dict(patch_size=c["patch_size"], width=c["hidden_size"], layers=c["num_hidden_layers"],
-                  heads=c["num_attention_heads"], mlp_ratio=c["intermediate_size"] / c["hidden_size"],
-                  position_grid=grid, norm_eps=c["layer_norm_eps"])
-    layers = c["num_hidden_layers"]
-    ours = _from_hf(state, _vision_pairs(layers), layers, "vision_model.")
-    table = state["vision_model.embeddings.position_embedding.weight"]
+    kwargs = dict(patch_size=c["patch_size"], position_grid=grid, **block_kwargs(c))
+    ours = tower_from_hf(state, c["num_hidden_layers"], VISION)
+    table = state[VISION + "embeddings.position_embedding.weight"]
     ours["pos_grid"] = table.reshape(grid, grid, table.shape[-1])
     return kwargs, ours
 
 
 def text_from_siglip2(folder) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     """(TextTower kwargs, its state dict) from a local ``Siglip2Model`` folder."""
-    config, state = read_siglip2_folder(folder)
-    c = _text_config(config)
-    kwargs = dict(vocab_size=c["vocab_size"], context_length=c["max_position_embeddings"], width=c["hidden_size"],
-                  layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
-                  mlp_ratio=c["intermediate_size"] / c["hidden_size"], output_dim=c["projection_size"],
-                  norm_eps=c["layer_norm_eps"])
-    layers = c["num_hidden_layers"]
-    return kwargs, _from_hf(state, _text_pairs(layers), layers, "text_model.")
+    return text_from_folder(*read_siglip2_folder(folder))
 
 
 def logits_from_siglip2(folder) -> Tuple[float, float]:
     """(t', b) stored in the folder."""
-    _, state = read_siglip2_folder(folder)
-    return float(state["logit_scale"].reshape(())), float(state["logit_bias"].reshape(()))
+    return logits_from_state(read_siglip2_folder(folder)[1])
 
 
 def processor_from_siglip2(folder) -> Dict:
@@ -305,15 +210,14 @@ def finetune_settings(folder) -> Dict:
     std, and SigLIP 2's text conventions over the folder's SentencePiece model (when it ships one;
     else ``data.tokenizer_path`` must be given).
     """
+    from siglip_lightning.interop.pretrained_folder import FAMILIES
+
     folder = str(Path(folder).expanduser())
     scale, bias = logits_from_siglip2(folder)
     image = processor_from_siglip2(folder)
     text_kwargs, _ = text_from_siglip2(folder)
     settings = {
-        "model.image_tower": {"class_path": "siglip_lightning.towers.pretrained_siglip2.HFSiglip2VisionTower",
-                              "init_args": {"path": folder}},
-        "model.text_tower": {"class_path": "siglip_lightning.towers.pretrained_siglip2.HFSiglip2TextTower",
-                             "init_args": {"path": folder}},
+        **FAMILIES[MODEL_TYPE].towers(path=folder),
         "model.init_logit_scale": scale, "model.init_logit_bias": bias,
         "data.naflex": {"patch_size": image["patch_size"], "budgets": [image["max_num_patches"]],
                         "eval_budget": image["max_num_patches"]},

@@ -6,25 +6,24 @@ turns a local model folder into the run settings that achieve that, as dotted co
 (``model.init_logit_scale``, ``data.image_mean``, ...); ``cli.py`` hands them to the parser as
 defaults that anything set in a config file or on the command line overrides.
 
-One function per checkpoint family, picked by ``config.json``'s ``model_type`` (``siglip``) or by the
-presence of ``open_clip_config.json`` (``open_clip``); SigLIP 2's NaFlex ``siglip2`` folders come from
-``interop/hf_siglip2.py``. A new family adds one entry to :data:`FAMILIES`.
+One table, :data:`FAMILIES`, keyed by ``config.json``'s ``model_type`` (``siglip``, ``siglip2``) or
+``open_clip`` (a folder with ``open_clip_config.json``), names each checkpoint family's settings
+reader, its tower classes (``pretrained_towers.py``) and its tokenizer type; whatever asks "did this
+run start from released weights" (``wise-ft``, ``export``) asks :func:`released_source`, which reads
+the same table. A new family adds one entry.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-import torch
+from torch import nn
 
 from siglip_lightning.errors import UserInputError
 
 Settings = Dict[str, Any]  # dotted config key -> value
-
-
-def _tower(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
 
 
 def hf_processor_settings(folder: Path) -> dict:
@@ -89,27 +88,23 @@ def siglip_settings(folder: Path, config: dict) -> Settings:
     scale, bias = logits_from_hf(folder)
     context = (config.get("text_config") or {}).get("max_position_embeddings", 64)
     return {
-        "model.image_tower": _tower("siglip_lightning.HFVisionTower", path=str(folder)),
-        "model.text_tower": _tower("siglip_lightning.HFTextTower", path=str(folder)),
+        **FAMILIES["siglip"].towers(path=str(folder)),
         "model.init_logit_scale": scale, "model.init_logit_bias": bias,
-        "data.tokenizer_type": "hf", "data.tokenizer_path": str(folder), "data.context_length": int(context),
+        "data.tokenizer_type": FAMILIES["siglip"].tokenizer_type, "data.tokenizer_path": str(folder),
+        "data.context_length": int(context),
         **hf_image_settings(folder),
     }
 
 
 def _open_clip_logits(folder: Path) -> tuple:
-    from safetensors.torch import load_file
+    from siglip_lightning.interop.pretrained_towers import OPEN_CLIP_WEIGHTS, open_clip_model
 
-    weights = folder / "open_clip_model.safetensors"
-    if weights.is_file():
-        state = load_file(str(weights))
-    elif (folder / "open_clip_pytorch_model.bin").is_file():
-        state = torch.load(folder / "open_clip_pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserInputError(f"no open_clip_model.safetensors or open_clip_pytorch_model.bin in {folder}")
-    if "logit_bias" not in state:
+    if not any((folder / name).is_file() for name in OPEN_CLIP_WEIGHTS):
+        raise UserInputError(f"no {' or '.join(OPEN_CLIP_WEIGHTS)} in {folder}")
+    model = open_clip_model(f"local-dir:{folder}")  # read once: the towers take theirs from the same model
+    if getattr(model, "logit_bias", None) is None:
         raise UserInputError(f"{folder} has no logit_bias: not a SigLIP (sigmoid-loss) open_clip model")
-    return float(state["logit_scale"].reshape(())), float(state["logit_bias"].reshape(()))
+    return float(model.logit_scale.detach().reshape(())), float(model.logit_bias.detach().reshape(()))
 
 
 OPEN_CLIP_MEAN, OPEN_CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -129,10 +124,9 @@ def open_clip_settings(folder: Path, config: dict) -> Settings:
     name = f"local-dir:{folder}"
     scale, bias = _open_clip_logits(folder)
     return {
-        "model.image_tower": _tower("siglip_lightning.OpenCLIPVisionTower", model_name=name),
-        "model.text_tower": _tower("siglip_lightning.OpenCLIPTextTower", model_name=name),
+        **FAMILIES["open_clip"].towers(model_name=name),
         "model.init_logit_scale": scale, "model.init_logit_bias": bias,
-        "data.tokenizer_type": "open_clip", "data.tokenizer_path": name,
+        "data.tokenizer_type": FAMILIES["open_clip"].tokenizer_type, "data.tokenizer_path": name,
         "data.context_length": int((model_cfg.get("text_cfg") or {}).get("context_length", 77)),
         "data.image_size": int(size), "data.image_mean": [float(x) for x in pre.get("mean", OPEN_CLIP_MEAN)],
         "data.image_std": [float(x) for x in pre.get("std", OPEN_CLIP_STD)], "data.image_resample": interpolation,
@@ -147,12 +141,82 @@ def siglip2_settings(folder: Path, config: dict) -> Settings:
     return finetune_settings(folder)
 
 
-# model_type -> settings reader. SigLIP 2 fixed-resolution releases are model_type "siglip" (SiglipModel).
-FAMILIES: Dict[str, Callable[[Path, dict], Settings]] = {
-    "siglip": siglip_settings,
-    "open_clip": open_clip_settings,
-    "siglip2": siglip2_settings,
+@dataclass(frozen=True)
+class Family:
+    """One checkpoint family: how ``--pretrained`` reads it and what a run started from it holds."""
+
+    read: Callable[[Path, dict], Settings]  # the run settings of a folder (towers, t', b, tokenizer, images)
+    image_tower: str  # public class names (``siglip_lightning.NAME``) of the towers built from the folder
+    text_tower: str
+    tokenizer_type: str  # data.tokenizer_type of a fine-tune
+    export_format: str  # ``export --format`` that writes the family back
+
+    def towers(self, **init_args) -> Settings:
+        return {key: {"class_path": f"siglip_lightning.{name}", "init_args": dict(init_args)}
+                for key, name in (("model.image_tower", self.image_tower), ("model.text_tower", self.text_tower))}
+
+
+# model_type -> family. SigLIP 2 fixed-resolution releases are model_type "siglip" (SiglipModel).
+FAMILIES: Dict[str, Family] = {
+    "siglip": Family(siglip_settings, "HFVisionTower", "HFTextTower", "hf", "hf"),
+    "open_clip": Family(open_clip_settings, "OpenCLIPVisionTower", "OpenCLIPTextTower", "open_clip", "open_clip"),
+    "siglip2": Family(siglip2_settings, "HFSiglip2VisionTower", "HFSiglip2TextTower", "gemma", "hf"),
 }
+
+
+class AnyFolderTower(nn.Module):
+    """Stands in for a folder's tower while the CLI parses to find ``--pretrained`` (never built): it
+    takes the arguments of every family's towers, so that ``--model.image_tower.init_args.X`` given
+    without a ``class_path`` parses before the folder's tower class is known.
+
+    Args:
+        path: a Hugging Face folder.
+        model_name: an open_clip model name.
+        checkpoint_path: an open_clip weights file.
+        grad_checkpointing: recompute block activations in backward.
+    """
+
+    def __init__(self, path: Optional[str] = None, model_name: Optional[str] = None,
+                 checkpoint_path: Optional[str] = None, grad_checkpointing: bool = False) -> None:
+        raise RuntimeError("AnyFolderTower only stands in while --pretrained is looked for")
+
+
+def stand_in_towers(keys) -> Settings:
+    return {key: {"class_path": f"{__name__}.AnyFolderTower"} for key in keys}
+
+
+def _class_paths(value: Any) -> Iterator[Tuple[str, dict]]:
+    """(class_path, init_args) of every class in a run's hyper-parameters, nested ones (a
+    ``LockedTower`` around a pretrained tower) included."""
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        if isinstance(value.get("class_path"), str):
+            yield value["class_path"], value.get("init_args") or {}
+        for inner in value.values():
+            yield from _class_paths(inner)
+
+
+def _tower_source(tower_hparams: Any) -> Optional[Tuple[str, str]]:
+    for class_path, init_args in _class_paths(tower_hparams):
+        name = class_path.rsplit(".", 1)[-1]
+        for family_name, family in FAMILIES.items():
+            if name in (family.image_tower, family.text_tower):
+                return family_name, str(init_args.get("path") or init_args.get("model_name"))
+    return None
+
+
+def released_source(hparams: dict, both_towers: bool = False) -> Optional[Tuple[str, str]]:
+    """(family, folder or open_clip name) of the released checkpoint a run's towers were built from:
+    either tower (``both_towers``: both, from the same folder, as export needs to carry its processor).
+
+    Tower classes are matched by name (the last part of ``class_path``), so a checkpoint that names a
+    tower by its module path is recognised as one that names it by its public name.
+    """
+    sources = [_tower_source((hparams or {}).get(key)) for key in ("image_tower", "text_tower")]
+    if both_towers:
+        return sources[0] if sources[0] is not None and sources[0] == sources[1] else None
+    return next((source for source in sources if source is not None), None)
 
 
 def pretrained_settings(path: str) -> Settings:
@@ -170,4 +234,4 @@ def pretrained_settings(path: str) -> Settings:
     if family not in FAMILIES:
         raise UserInputError(f"--pretrained {path}: model_type {family!r} is not supported "
                              f"(supported: {sorted(FAMILIES)})")
-    return FAMILIES[family](folder, config)
+    return FAMILIES[family].read(folder, config)

@@ -17,8 +17,6 @@ import torch
 
 from siglip_lightning.errors import UserInputError
 
-PRETRAINED_TOWERS = ("HFVisionTower", "HFTextTower", "OpenCLIPVisionTower", "OpenCLIPTextTower")
-
 
 def load_ckpt(path: str) -> dict:
     if not Path(path).is_file():
@@ -33,8 +31,10 @@ def initial_state(checkpoint: dict, initial: Optional[str] = None) -> Dict[str, 
         initial = hparams["init_from"]
     if initial is not None:
         return load_ckpt(initial)["state_dict"]
-    towers = [str((hparams.get(k) or {}).get("class_path", "")) for k in ("image_tower", "text_tower")]
-    if not any(name.endswith(PRETRAINED_TOWERS) for name in towers):
+    # the table of checkpoint families knows which towers are built from released weights
+    from siglip_lightning.interop.pretrained_folder import released_source
+
+    if released_source(hparams) is None:
         raise UserInputError("this run did not start from released weights (--pretrained) or model.init_from: "
                              "name the checkpoint it started from with --initial")
     from siglip_lightning.model.module import SigLIPModule

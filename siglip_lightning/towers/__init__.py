@@ -3,8 +3,9 @@
 - ``vision.py`` / ``text.py``: the ViT and text transformer trained from scratch;
 - ``naflex.py`` / ``patches.py``: SigLIP 2's NaFlex ViT (any aspect ratio, a patch budget) and its input;
 - ``layers.py`` / ``attention.py``: the blocks they share;
-- ``locked.py``: a frozen wrapper (LiT / SigLiT); ``precomputed.py``: cached image embeddings;
-- ``pretrained.py``: towers initialised from local Hugging Face or open_clip checkpoints.
+- ``locked.py``: a frozen wrapper (LiT / SigLiT); ``precomputed.py``: cached image embeddings.
+
+Towers initialised from other libraries' folders live with the converters, in ``interop/pretrained_towers.py``.
 """
 from siglip_lightning.towers.contract import Tower, TowerSpec, spec_of
 from siglip_lightning.towers.layers import BottleneckEmbedding, GELUTanh, MAPHead

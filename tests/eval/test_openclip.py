@@ -20,7 +20,7 @@ from siglip_lightning.data.synthetic import ShapesSpec
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval import Retrieval, ZeroShotClassification
 from siglip_lightning.interop.openclip import register_timm_vit, timm_name
-from siglip_lightning.towers.pretrained import OpenCLIPTextTower, OpenCLIPVisionTower
+from siglip_lightning.interop.pretrained_towers import OpenCLIPTextTower, OpenCLIPVisionTower
 from tests.conftest import run_cli
 
 CONTEXT = 16

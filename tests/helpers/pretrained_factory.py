@@ -91,3 +91,30 @@ def make_open_clip_siglip(folder: Path, context: int = 16, image_size: int = 16,
         model.logit_bias.fill_(-6.1)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+def make_hf_siglip2(folder: Path, context: int = 16, patch_size: int = 4, budget: int = 16, seed: int = 0) -> Path:
+    """A random tiny NaFlex ``Siglip2Model`` written with ``save_pretrained``, with its image processor
+    and a Gemma-style SentencePiece tokenizer (``tokenizer.model``, as Google's releases ship)."""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    from siglip_lightning.text.gemma import train_gemma_sentencepiece
+    from siglip_lightning.data.synthetic import ShapesSpec, make_pair
+    from siglip_lightning.text.hf_gemma import save_gemma_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = Siglip2Config(
+        text_config=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=context, pad_token_id=0, eos_token_id=1,
+                         bos_token_id=None),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           patch_size=patch_size, num_patches=budget))
+    torch.manual_seed(seed)
+    model = Siglip2Model(config)
+    _perturb(model, seed)
+    model.save_pretrained(folder)
+    Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=budget).save_pretrained(folder)
+    captions = [make_pair(ShapesSpec(num_train=300), "train", i)[1] for i in range(300)]
+    spm = train_gemma_sentencepiece(captions, folder.parent / f"{folder.name}-spm.model", 350)
+    save_gemma_tokenizer(spm, folder, context)
+    return folder

@@ -12,7 +12,7 @@ from siglip_lightning import SigLIPModule, TextTower, VisionTower
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.interop.export import export_module
 from siglip_lightning.interop.openclip import create_open_clip, register_timm_vit, timm_name
-from siglip_lightning.towers.pretrained import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
+from siglip_lightning.interop.pretrained_towers import HFTextTower, HFVisionTower, OpenCLIPTextTower, OpenCLIPVisionTower
 from tests.conftest import run_cli, tiny_fit_args
 
 TOL = 1e-5
