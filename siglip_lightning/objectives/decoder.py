@@ -60,7 +60,8 @@ class CaptionDecoder(nn.Module):
         flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
 
         def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(self.head(h).float(), t, reduction="none")
+            logits = self.head(h)  # at least float32 under bf16
+            return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), t, reduction="none")
 
         if chunk is None or flat_hidden.shape[0] <= chunk:
             losses = piece(flat_hidden, flat_targets)

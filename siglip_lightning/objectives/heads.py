@@ -39,14 +39,15 @@ class ProjectionHead(nn.Module):
 def distillation_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
                                student_temp: float, teacher_temp: float) -> torch.Tensor:
     """H(teacher, student) over the last dimension (see the module docstring); the teacher side is detached."""
-    target = F.softmax((teacher.detach().float() - center) / teacher_temp, dim=-1)
-    return -(target * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)
+    dtype = torch.promote_types(student.dtype, torch.float32)  # at least float32 under bf16
+    target = F.softmax((teacher.detach().to(dtype) - center.to(dtype)) / teacher_temp, dim=-1)
+    return -(target * F.log_softmax(student.to(dtype) / student_temp, dim=-1)).sum(-1)
 
 
 @torch.no_grad()
 def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> None:
     """c <- m c + (1 - m) * mean of ``teacher`` rows over all ranks (``teacher``: ``[..., K]``)."""
-    rows = teacher.reshape(-1, teacher.shape[-1]).float()
+    rows = teacher.reshape(-1, teacher.shape[-1]).to(center.dtype)
     stats = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])
     if is_distributed():
         dist.all_reduce(stats)

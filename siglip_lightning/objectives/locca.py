@@ -102,7 +102,7 @@ class LocCaCaptioning(Objective):
         tokens, padding = context.tokens
         ids = context.text
         parallel = self.parallel_rows(context, ids.shape[0]).to(ids.device)
-        out = torch.zeros(ids.shape[0], device=tokens.device, dtype=torch.float32)
+        out = torch.zeros(ids.shape[0], device=tokens.device, dtype=torch.promote_types(tokens.dtype, torch.float32))
         for mode in (True, False):  # one decoder pass per mode: the two need different self-attention masks
             rows = parallel == mode
             if rows.any():

@@ -46,9 +46,10 @@ def crop_thetas(count: int, generator: torch.Generator, scale: Tuple[float, floa
 def crop_views(images: torch.Tensor, views: int, generator: torch.Generator, scale: Tuple[float, float]) -> torch.Tensor:
     """``views`` random resized crops of every image, ``[views * b, 3, H, W]`` (view-major), same size as the input."""
     b = images.shape[0]
-    theta = crop_thetas(views * b, generator, scale).to(device=images.device, dtype=torch.float32)
+    work = torch.promote_types(images.dtype, torch.float32)  # sample in float32 at least
+    theta = crop_thetas(views * b, generator, scale).to(device=images.device, dtype=work)
     grid = F.affine_grid(theta, [views * b, *images.shape[1:]], align_corners=False)
-    source = images.float().repeat(views, 1, 1, 1)
+    source = images.to(work).repeat(views, 1, 1, 1)
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False).to(images.dtype)
 
 
