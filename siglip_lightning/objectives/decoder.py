@@ -1,8 +1,11 @@
 """LocCa's text decoder: a pre-norm transformer decoder that cross-attends to the image's patch tokens.
 
-Its token table has two ids past the text vocabulary: BOS (the first input of autoregressive
-decoding) and MASK (every input of parallel prediction). Positions are learned. Logits cover the
-text vocabulary only. Built from ``torch.nn.TransformerDecoderLayer`` (pre-norm, no dropout).
+Ids: the text vocabulary [0, V), then ``box_bins`` coordinate tokens [V, V + bins) (LocCa writes a
+box as four quantised coordinates), then BOS (first input of autoregressive decoding), MASK (every
+input of parallel prediction) and the two task prompts REF (caption -> box) and GND (box -> caption).
+Logits cover words and coordinates. Positions are learned, enough for a task prompt, a condition of
+up to ``context_length`` ids and a target. Built from ``torch.nn.TransformerDecoderLayer`` (pre-norm,
+no dropout).
 """
 from __future__ import annotations
 
@@ -27,21 +30,24 @@ class CaptionDecoder(nn.Module):
         heads: attention heads.
         image_width: width of the image tokens (projected to ``width``).
         mlp_ratio: MLP hidden size as a multiple of ``width``.
+        box_bins: quantisation steps of a box coordinate (coordinate tokens).
     """
 
     def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int, image_width: int,
-                 mlp_ratio: float = 4.0) -> None:
+                 mlp_ratio: float = 4.0, box_bins: int = 100) -> None:
         super().__init__()
-        self.vocab_size, self.context_length = vocab_size, context_length
-        self.bos_id, self.mask_id = vocab_size, vocab_size + 1
-        self.token_embedding = nn.Embedding(vocab_size + 2, width)
-        self.positional_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
+        self.vocab_size, self.context_length, self.box_bins = vocab_size, context_length, box_bins
+        self.box_id = vocab_size  # coordinate bin k is id box_id + k
+        self.bos_id, self.mask_id, self.ref_id, self.gnd_id = (vocab_size + box_bins + i for i in range(4))
+        self.token_embedding = nn.Embedding(vocab_size + box_bins + 4, width)
+        # the longest sequence: a task prompt, a caption (context_length) and a box (BOS + 4 coordinates)
+        self.positional_embedding = nn.Parameter(torch.randn(context_length + 5, width) * 0.01)
         self.image_proj = nn.Linear(image_width, width)
         layer = nn.TransformerDecoderLayer(width, heads, int(width * mlp_ratio), dropout=0.0,
                                            activation=nn.GELU(approximate="tanh"), batch_first=True, norm_first=True)
         self.blocks = nn.TransformerDecoder(layer, layers)
         self.norm = LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size)
+        self.head = nn.Linear(width, vocab_size + box_bins)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def hidden(self, inputs: torch.Tensor, image_tokens: torch.Tensor, image_padding: Optional[torch.Tensor],

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from siglip_lightning.objectives.context import StepContext
-from siglip_lightning.objectives.locca import decoder_inputs, target_mask
+from siglip_lightning.objectives.locca import (
+    CAPTION_PARALLEL, GROUNDED, REFERRING, box_tokens, decoder_inputs, grounded_sequence, referring_sequence,
+    target_mask,
+)
 from tests.objectives.helpers import random_batch, tiny_module
 
 
@@ -51,7 +54,7 @@ def test_per_example_loss_matches_float64_formula_and_chunking():
     batch["image"] = batch["image"].double()
     context = StepContext(module.image_tower, batch, step=3, rank=0)
     got = locca.per_example(context)
-    parallel = locca.parallel_rows(context, 6)
+    parallel = locca.tasks(context, 6) == CAPTION_PARALLEL
     assert 0 < int(parallel.sum()) < 6  # this draw holds both modes
     tokens, _ = module.image_tower.forward_tokens(batch["image"])
     ids = batch["text"]
@@ -73,3 +76,52 @@ def test_per_example_loss_matches_float64_formula_and_chunking():
         grads.append((float(loss), locca.decoder.head.weight.grad.clone()))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-12)
     torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_referring_and_grounded_sequences_put_targets_after_their_condition():
+    caption = torch.tensor([[5, 6, 1, 0]])  # L = 4
+    box = box_tokens(torch.tensor([[0.0, 0.25, 0.5, 0.999]]), first_id=64, bins=10)
+    assert box.tolist() == [[64, 66, 69, 73]]
+    inputs, targets, keep = referring_sequence(caption, box, ref_id=90, bos_id=80)
+    assert inputs.tolist() == [[90, 5, 6, 1, 0, 80, 64, 66, 69]]  # [REF, c, BOS, q1..q3]
+    assert [t for t, k in zip(targets[0].tolist(), keep[0].tolist()) if k] == [64, 66, 69, 73]
+    assert keep[0].tolist() == [False] * 5 + [True] * 4  # position i predicts targets[i] from inputs[..i]
+    inputs, targets, keep = grounded_sequence(box, caption, target_mask(caption, 0, 1), gnd_id=91, bos_id=80)
+    assert inputs.tolist() == [[91, 64, 66, 69, 73, 80, 5, 6, 1]]  # [GND, q1..q4, BOS, c1..c3]
+    assert [t for t, k in zip(targets[0].tolist(), keep[0].tolist()) if k] == [5, 6, 1]  # pad ignored
+
+
+def test_region_tasks_loss_matches_float64_formula():
+    module = tiny_module().double()
+    locca = module.objectives[0]
+    locca.referring_fraction, locca.grounded_fraction = 0.5, 0.5
+    batch = random_batch(8)
+    batch["image"] = batch["image"].double()
+    gen = torch.Generator().manual_seed(5)
+    corner = torch.rand(8, 2, generator=gen) * 0.5
+    batch["region_box"] = torch.cat([corner, corner + 0.4], dim=1)
+    batch["region_text"] = random_batch(8, seed=9)["text"]
+    batch["has_region"] = torch.tensor([True] * 6 + [False] * 2)
+    context = StepContext(module.image_tower, batch, step=1, rank=0)
+    got = locca.per_example(context)
+    task = locca.tasks(context, 8)
+    assert (task[6:] < REFERRING).all() and {REFERRING, GROUNDED} <= set(task[:6].tolist())
+    tokens, _ = module.image_tower.forward_tokens(batch["image"])
+    d = locca.decoder
+    for i in range(8):
+        if task[i] < REFERRING:
+            continue
+        q = [d.box_id + min(int(v * d.box_bins), d.box_bins - 1) for v in batch["region_box"][i].tolist()]
+        c = batch["region_text"][i].tolist()
+        if task[i] == REFERRING:
+            seq, targets = [d.ref_id, *c, d.bos_id, *q[:3]], [None] * (len(c) + 1) + q
+        else:
+            kept = c[:c.index(1) + 1]  # Gemma ids: up to EOS
+            seq = [d.gnd_id, *q, d.bos_id, *c[:-1]]
+            targets = [None] * 5 + kept + [None] * (len(c) - len(kept))
+        logits = d.head(d.hidden(torch.tensor([seq]), tokens[i:i + 1], None, True))[0]
+        log_p = logits - logits.exp().sum(-1, keepdim=True).log()
+        terms = [-log_p[j, t] for j, t in enumerate(targets) if t is not None]
+        assert float(got[i].detach()) == pytest.approx(float(sum(terms).detach()) / len(terms), rel=1e-9)
+    boxes = locca.predict_boxes(tokens[:2], None, batch["region_text"][:2])
+    assert boxes.shape == (2, 4) and ((boxes > 0) & (boxes < 1)).all()
