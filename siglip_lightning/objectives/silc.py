@@ -26,6 +26,8 @@ class SelfDistillation(Objective):
         start: fraction of training at which it starts (SigLIP 2: 0.8); the teacher is copied then.
         stop: fraction at which it stops.
         local_crops: student views per image (SigLIP 2: 8).
+        local_size: side in pixels of the local crops (a multiple of the patch; the position grid is
+            resized to theirs); ``None``: the tower's input size. Smaller crops cost far less.
         prototypes: head outputs K.
         hidden_dim: head MLP width (``None``: 4 x the embedding width).
         bottleneck_dim: head bottleneck width.
@@ -38,10 +40,12 @@ class SelfDistillation(Objective):
     uses_teacher = True
 
     def __init__(self, weight: float = 1.0, start: float = 0.8, stop: float = 1.0, local_crops: int = 8,
+                 local_size: Optional[int] = None,
                  prototypes: int = 1024, hidden_dim: Optional[int] = None, bottleneck_dim: int = 256,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9) -> None:
         super().__init__(weight, start, stop)
-        self.local_crops, self.prototypes, self.hidden_dim = local_crops, prototypes, hidden_dim
+        self.local_crops, self.local_size = local_crops, local_size
+        self.prototypes, self.hidden_dim = prototypes, hidden_dim
         self.bottleneck_dim, self.student_temp, self.teacher_temp = bottleneck_dim, student_temp, teacher_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(prototypes))
@@ -55,9 +59,10 @@ class SelfDistillation(Objective):
         images = context.square_images("SelfDistillation")
         teacher_pooled, _ = context.teacher_output()
         teacher = context.teacher.heads[self.teacher_key](teacher_pooled)  # [b, K]
-        local = crop_views(images, self.local_crops, view_generator(context.step, context.rank, 1), LOCAL_SCALE)
+        local = crop_views(images, self.local_crops, view_generator(context.step, context.rank, 1), LOCAL_SCALE,
+                           self.local_size)
         tower = context.image_tower
-        student = self.head(tower.pool(*tower.forward_tokens(local)))  # [V * b, K], view-major
+        student = self.head(tower.pool(*tower.forward_tokens(local, any_size=True)))  # [V * b, K], view-major
         student = student.reshape(self.local_crops, images.shape[0], -1)
         losses = distillation_cross_entropy(student, teacher.expand_as(student), self.center,
                                             self.student_temp, self.teacher_temp)  # [V, b]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,15 @@ def crop_thetas(count: int, generator: torch.Generator, scale: Tuple[float, floa
     return theta
 
 
-def crop_views(images: torch.Tensor, views: int, generator: torch.Generator, scale: Tuple[float, float]) -> torch.Tensor:
-    """``views`` random resized crops of every image, ``[views * b, 3, H, W]`` (view-major), same size as the input."""
+def crop_views(images: torch.Tensor, views: int, generator: torch.Generator, scale: Tuple[float, float],
+               size: Optional[int] = None) -> torch.Tensor:
+    """``views`` random resized crops of every image, ``[views * b, 3, size, size]`` (view-major; default size:
+    the input's)."""
     b = images.shape[0]
+    out_shape = [views * b, images.shape[1], *((size, size) if size else images.shape[2:])]
     work = torch.promote_types(images.dtype, torch.float32)  # sample in float32 at least
     theta = crop_thetas(views * b, generator, scale).to(device=images.device, dtype=work)
-    grid = F.affine_grid(theta, [views * b, *images.shape[1:]], align_corners=False)
+    grid = F.affine_grid(theta, out_shape, align_corners=False)
     source = images.to(work).repeat(views, 1, 1, 1)
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False).to(images.dtype)
 

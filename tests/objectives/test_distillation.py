@@ -31,17 +31,26 @@ def setup(seed=0):
     return module, batch
 
 
-def test_silc_per_example_matches_formula_and_updates_the_center():
+@pytest.mark.parametrize("local_size", [None, 8])
+def test_silc_per_example_matches_formula_and_updates_the_center(local_size):
     module, batch = setup()
     silc = module.objectives[1]
+    silc.local_size = local_size
     center = silc.center.clone()
     got = silc.per_example(StepContext(module.image_tower, batch, step=7, rank=1, teacher=module.teacher))
     tower, teacher = module.image_tower, module.teacher
     global_view = crop_views(batch["image"], 1, view_generator(7, 1, 0), GLOBAL_SCALE)
-    local = crop_views(batch["image"], 2, view_generator(7, 1, 1), LOCAL_SCALE)
+    local = crop_views(batch["image"], 2, view_generator(7, 1, 1), LOCAL_SCALE, local_size)
+    assert local.shape[-1] == (local_size or 16)
     with torch.no_grad():
         t_out = teacher.heads[silc.teacher_key](teacher.tower(global_view))  # [b, K]
-    s_out = silc.head(tower(local)).reshape(2, 3, -1)  # view-major
+    if local_size:  # a 2 x 2 patch grid: the 4 x 4 learned positions resized by hand (antialiased bilinear)
+        rows = torch.tensor([[3, 3, 1, 0], [0, 1, 3, 3]], dtype=torch.float64) / 7  # triangle of width 2, normalised
+        positions = torch.einsum("hi,wj,ijd->hwd", rows, rows, tower.pos_embed[0].reshape(4, 4, -1)).reshape(1, 4, -1)
+        x = tower.patch_embed(local).flatten(2).transpose(1, 2) + positions
+        s_out = silc.head(tower.head(tower.norm(tower.transformer(x)))).reshape(2, 3, -1)
+    else:
+        s_out = silc.head(tower(local)).reshape(2, 3, -1)  # view-major
     expected = (cross_entropy(s_out[0], t_out, center, 0.1, 0.04) + cross_entropy(s_out[1], t_out, center, 0.1, 0.04)) / 2
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(silc.center, 0.9 * center + 0.1 * t_out.mean(0), rtol=1e-12, atol=1e-12)
