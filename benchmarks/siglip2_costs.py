@@ -43,7 +43,7 @@ def build(names, args):
 
 def arm(names, args) -> dict:
     """Run in a child process: time the steps of one arm."""
-    from siglip_lightning.model.objectives import objective_step, update_teacher
+    from siglip_lightning.model.objectives import objective_step, start_teacher_if_due, update_teacher
 
     module = build(names, args)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
@@ -59,6 +59,7 @@ def arm(names, args) -> dict:
     for _ in range(args.steps):
         start = time.perf_counter()
         if names:
+            start_teacher_if_due(module)
             _, loss = objective_step(module, batch)
         else:
             loss = module.compute_loss(batch)

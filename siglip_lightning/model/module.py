@@ -16,7 +16,7 @@ from siglip_lightning.model.finetune import apply_lr_controls, freeze_controlled
 from siglip_lightning.model.gradcache import cached_gradient_loss, check_micro_batch_size, wants_micro_batches
 from siglip_lightning.model.init_from import load_initial_weights
 from siglip_lightning.model.objectives import (
-    attach_objectives, drop_inactive_gradients, objective_step, update_teacher,
+    attach_objectives, drop_inactive_gradients, objective_step, start_teacher_if_due, update_teacher,
 )
 from siglip_lightning.objectives.base import Objective
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
@@ -208,6 +208,11 @@ class SigLIPModule(L.LightningModule):
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images), self.encode_text(text)
 
+    def forward_objectives(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(contrastive loss, total loss) with ``model.objectives`` (model/objectives.py). A method of its own so
+        that FSDP2 gathers the root's parameters around it as around ``forward`` (model/sharding.py)."""
+        return objective_step(self, batch)
+
     def compute_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
         image_features, text_features = self(batch["image"], batch["text"])
         return self.loss(image_features, text_features, self.logit_scale.exp(), self.logit_bias)
@@ -223,7 +228,7 @@ class SigLIPModule(L.LightningModule):
             self._grads_zeroed = True
             loss, step_loss = cached_gradient_loss(self, batch["image"], batch["text"], micro)
         elif len(self.objectives):
-            loss, step_loss = objective_step(self, batch)  # model/objectives.py
+            loss, step_loss = self.forward_objectives(batch)
         else:
             loss = step_loss = self.compute_loss(batch)
         # Under a global loss each rank returns its share; their mean over ranks is the global loss.
@@ -240,6 +245,9 @@ class SigLIPModule(L.LightningModule):
         for reason, count in batch.get("skipped", {}).items():
             self._skipped[reason] = self._skipped.get(reason, 0) + int(count)
         return step_loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        start_teacher_if_due(self)  # SILC / TIPS start: the EMA teacher is copied from the student
 
     def on_train_epoch_start(self) -> None:
         self._skipped = {}

@@ -66,9 +66,6 @@ def objective_step(module: nn.Module, batch: Dict[str, Any]) -> Tuple[torch.Tens
     text_features = module.encode_text(batch["text"])
     contrastive = module.loss(image_features, text_features, module.logit_scale.exp(), module.logit_bias)
     teacher = module.teacher
-    if teacher is not None and not bool(teacher.initialised) and any(
-            on and o.uses_teacher for on, o in zip(active, module.objectives)):
-        teacher.copy_from(tower, teacher_heads(module))  # SILC / TIPS start: the teacher is the student now
     step = module.trainer.global_step if module._trainer is not None else 0
     context = StepContext(tower, batch, step, module.global_rank, tokens, teacher)
     total = contrastive
@@ -83,6 +80,16 @@ def objective_step(module: nn.Module, batch: Dict[str, Any]) -> Tuple[torch.Tens
     if any(active):
         module.log("train/total_loss", total.detach(), sync_dist=distributed)
     return contrastive, total
+
+
+def start_teacher_if_due(module: nn.Module) -> None:
+    """Before a training step: when the first teacher objective starts, the teacher becomes the student."""
+    teacher = module.teacher
+    if teacher is None or bool(teacher.initialised):
+        return
+    progress = training_progress(module)
+    if any(o.uses_teacher and o.active(progress) for o in module.objectives):
+        teacher.copy_from(module.image_tower, teacher_heads(module))
 
 
 def drop_inactive_gradients(module: nn.Module) -> None:

@@ -49,9 +49,11 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def copy_from(self, image_tower: nn.Module, heads: Dict[str, nn.Module]) -> None:
+        """Become the student. Outside forward / backward: under FSDP2 the parameters are then the local
+        shards, which this copies (``state_dict`` would re-register them and upset an ongoing forward)."""
         for teacher, student in self.pairs(image_tower, heads):
-            for t, s in zip(teacher.state_dict().values(), student.state_dict().values()):
-                t.copy_(s)
+            for t, s in zip([*teacher.parameters(), *teacher.buffers()], [*student.parameters(), *student.buffers()]):
+                t.data.copy_(s.data)
         self.initialised.fill_(True)
 
     @torch.no_grad()

@@ -78,3 +78,27 @@ def test_resumed_run_restores_the_teacher_bit_exactly(tmp_path):
     for key in teacher_keys:
         assert torch.equal(ours[key], theirs[key]), key
     assert not torch.equal(saved["teacher.tower.pos_embed"], ours["teacher.tower.pos_embed"])  # it moved since
+
+
+@pytest.mark.slow  # two processes through the CLI
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_teacher_follows_the_ema_formula_on_two_processes(strategy, tmp_path):
+    """Step 0 without teacher; at step 1 it is copied from the student S1, then S1 -> S2 and
+    T = m S1 + (1 - m) S2, sharded like the student under FSDP2 (full state dicts in checkpoints)."""
+    result = run_cli(["fit", *RECIPE, "--config", str(CONFIGS / "strategies" / f"{strategy}.yaml"),
+                      "--trainer.devices=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.val_check_interval=2",
+                      "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                      "--trainer.callbacks.every_n_train_steps=1", "--trainer.callbacks.save_top_k=-1"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    states = {}
+    for step in (1, 2):
+        ckpt = next(p for p in tmp_path.rglob("*.ckpt") if f"step={step}" in p.name)
+        states[step] = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    s1, s2 = states[1], states[2]
+    assert not bool(s1["teacher.initialised"]) and bool(s2["teacher.initialised"])
+    m = 0.996
+    keys = [k for k in s2 if k.startswith("teacher.tower.")]
+    assert len(keys) > 10
+    for key in keys:
+        student = "image_tower." + key.removeprefix("teacher.tower.")
+        torch.testing.assert_close(s2[key], m * s1[student] + (1 - m) * s2[student], rtol=1e-5, atol=1e-6)
