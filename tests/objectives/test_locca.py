@@ -125,3 +125,22 @@ def test_region_tasks_loss_matches_float64_formula():
         assert float(got[i].detach()) == pytest.approx(float(sum(terms).detach()) / len(terms), rel=1e-9)
     boxes = locca.predict_boxes(tokens[:2], None, batch["region_text"][:2])
     assert boxes.shape == (2, 4) and ((boxes > 0) & (boxes < 1)).all()
+
+
+def test_referring_accuracy_counts_boxes_with_iou_above_half(monkeypatch):
+    from siglip_lightning.objectives.referring import referring_hits
+
+    module = tiny_module()
+    locca = module.objectives[0]
+    batch = random_batch(4)
+    batch["region_text"] = batch["text"]
+    batch["has_region"] = torch.tensor([True, True, True, False])
+    predicted = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6], [0.0, 0.0, 0.4, 0.4]])
+    seen = []
+    monkeypatch.setattr(locca, "predict_boxes", lambda tokens, padding, captions: seen.append(captions) or predicted)
+    batch["region_box"] = torch.tensor([[0.1, 0.1, 0.5, 0.5],    # IoU 1
+                                        [0.2, 0.2, 0.6, 0.62],   # IoU 0.95
+                                        [0.0, 0.0, 0.8, 0.4],    # IoU exactly 0.5: not above
+                                        [0.1, 0.1, 0.5, 0.5]])   # no region: not scored
+    hits, scored = referring_hits(locca, module.image_tower, batch).tolist()
+    assert scored == 3 and hits == 2 and torch.equal(seen[0], batch["text"][:3])
