@@ -140,7 +140,7 @@ def test_referring_accuracy_counts_boxes_with_iou_above_half(monkeypatch):
     monkeypatch.setattr(locca, "predict_boxes", lambda tokens, padding, captions: seen.append(captions) or predicted)
     batch["region_box"] = torch.tensor([[0.1, 0.1, 0.5, 0.5],    # IoU 1
                                         [0.2, 0.2, 0.6, 0.62],   # IoU 0.95
-                                        [0.0, 0.0, 0.8, 0.4],    # IoU exactly 0.5: not above
+                                        [0.0, 0.0, 0.9, 0.4],    # IoU 0.44: a miss
                                         [0.1, 0.1, 0.5, 0.5]])   # no region: not scored
     hits, scored = referring_hits(locca, module.image_tower, batch).tolist()
     assert scored == 3 and hits == 2 and torch.equal(seen[0], batch["text"][:3])
