@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Nothing here needs the network beyond pip: keep Hugging Face libraries offline.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-scratch-sweep reproduce-init-study reproduce-noise-study reproduce-forgetting test-notebooks
+.PHONY: help install train test test-slow test-all clean reproduce-batchsize-sweep reproduce-scratch-sweep reproduce-init-study reproduce-noise-study reproduce-siglip2-study reproduce-forgetting test-notebooks
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ reproduce-init-study: $(STAMP)  ## paper Table 4: init of t' and b -> runs/init_
 
 reproduce-noise-study: $(STAMP)  ## paper Fig. 7: corrupted images/texts/pairings -> runs/noise_study*/ (QUICK=1: smoke)
 	$(EXPERIMENT) configs/experiments/noise_study.yaml
+
+reproduce-siglip2-study: $(STAMP)  ## issue 23: sigmoid vs + LocCa vs + LocCa + SILC + TIPS, 3 seeds -> runs/siglip2_study*/ (QUICK=1)
+	$(EXPERIMENT) configs/experiments/siglip2_study.yaml
 
 reproduce-forgetting: $(STAMP)  ## issue 15: forgetting under fine-tuning, layer decay / freezing / WiSE-FT -> runs/forgetting/ (QUICK=1: smoke)
 	$(OFFLINE) $(PY) -m siglip_lightning.experiments.forgetting --out runs/forgetting$(if $(QUICK),_quick --quick,)

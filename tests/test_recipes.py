@@ -12,7 +12,7 @@ from siglip_lightning.model.init_from import load_initial_weights
 from tests.conftest import REPO, tiny_fit_args
 
 CONFIGS = REPO / "configs"
-RECIPES = ["siglip_b16", "siglit", "msiglip"]
+RECIPES = ["siglip_b16", "siglit", "msiglip", "siglip2"]
 def _fit(*args: str):
     cli = cli_main(["fit", *args])
     assert cli.trainer.global_step == 2
@@ -29,6 +29,9 @@ def test_runlocal_variant_fits_two_steps(recipe, tmp_path):
         assert not module.image_tower.tower.training
         params = {id(p) for g in cli.trainer.optimizers[0].param_groups for p in g["params"]}
         assert not params & {id(p) for p in module.image_tower.parameters()}
+    if recipe == "siglip2":  # every objective ran at the second step: the teacher was copied, then moved
+        assert bool(module.teacher.initialised)
+        assert {"train/locca", "train/silc", "train/tips", "train/total_loss"} <= set(cli.trainer.callback_metrics)
     if recipe == "msiglip":
         assert module.text_tower.token_embedding.table.weight.shape == (256, 8)
 

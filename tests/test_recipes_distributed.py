@@ -25,7 +25,8 @@ from tests.conftest import REPO, run_cli
 CONFIGS = REPO / "configs"
 WORLD = 4
 # Every top-level config is a recipe checked here, or says why it is not.
-CHECKED = ["siglip_b16", "siglit", "siglit_precomputed", "msiglip", "resolution_adapt", "finetune_hf", "naflex"]
+CHECKED = ["siglip_b16", "siglit", "siglit_precomputed", "msiglip", "resolution_adapt", "finetune_hf", "naflex",
+           "siglip2"]
 NOT_RECIPES = {
     "quickstart": "one CPU process by design (make train)",
     "eval_coco": "validate-only: no training loss",
@@ -95,11 +96,23 @@ def check_global(ranks):
             assert float(entry["grad_logit_scale"]) == pytest.approx(float(gt), rel=1e-4, abs=1e-7)
             if gb is not None:
                 assert float(entry["grad_logit_bias"]) == pytest.approx(float(gb), rel=1e-4, abs=1e-7)
+    check_objectives(ranks)
     val = [r["val"] for r in ranks]
     if all(val):  # one validation batch per rank: val/loss is that global batch's loss
         val_loss, _ = reference([v[-1] for v in val])
         for r in ranks:
             assert r["val_logged"] == pytest.approx(float(val_loss), rel=1e-5, abs=1e-6)
+
+
+def check_objectives(ranks):
+    """Each logged objective (SigLIP 2's) is the mean of its per-example losses over the global batch."""
+    for step in range(len(ranks[0]["steps"])):
+        per_rank = [r["steps"][step] for r in ranks]
+        for name in per_rank[0].get("objectives", {}):
+            values = torch.cat([entry["objectives"][name] for entry in per_rank])
+            assert values.numel() == sum(entry["x"].shape[0] for entry in per_rank)  # every example, every rank
+            for entry in per_rank:
+                assert entry["objectives_logged"][name] == pytest.approx(float(values.mean()), rel=1e-5, abs=1e-6)
 
 
 def test_every_recipe_config_is_checked_on_several_processes():

@@ -80,6 +80,9 @@ class ImageTextDataModule(L.LightningDataModule):
             ``NaFlexVisionTower`` (SigLIP 2); ``None`` resizes to ``image_size`` squares. See docs/NAFLEX.md.
         corruption: corrupt training images / texts / pairings with probability p (paper Fig. 7);
             see ``data/corruption.py``.
+        regions_column: a column of regions (boxes with their captions) for LocCa's referring
+            expressions and grounded captioning (``data/regions.py``); the built-in data writes
+            ``regions`` with ``builtin.regions: true``. Boxes stay true only without ``augment``.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ImageTextDataModule(L.LightningDataModule):
         retry_backoff: float = 1.0,
         naflex: Optional[NaFlexSpec] = None,
         corruption: Corruption = Corruption(),
+        regions_column: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -131,6 +135,9 @@ class ImageTextDataModule(L.LightningDataModule):
             naflex = naflex if isinstance(naflex, NaFlexSpec) else NaFlexSpec(**naflex)
             self.image_transform, self.eval_transform, *self.collates = naflex_pieces(
                 naflex, image_mean, image_std, augment, seed)
+        if regions_column is not None and (augment or naflex is not None):
+            raise UserInputError("data.regions_column needs data.augment false and no data.naflex: crops, flips and "
+                                 "NaFlex batches do not carry the boxes along")
         if not 0.0 <= val_fraction <= 0.5:
             raise UserInputError(f"data.val_fraction must be in [0, 0.5], got {val_fraction}")
         check_tokenizer_type(tokenizer_type, tokenizer_path)
@@ -228,6 +235,7 @@ class ImageTextDataModule(L.LightningDataModule):
             holdout=self._holdout(train) if split == "train" else None, id_column=id_column,
             min_image_side=self.hparams.min_image_side, max_image_pixels=self.hparams.max_image_pixels,
             max_skip_fraction=self.hparams.max_skip_fraction, image_root=image_root(self._resolved_path(index)),
+            regions_column=self.hparams.regions_column,
         )
 
     def _loader(self, split: str, train: bool) -> StreamLoader:

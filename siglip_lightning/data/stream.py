@@ -24,6 +24,7 @@ from siglip_lightning.data.decode import (  # noqa: F401  (decode_image, open_im
     MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, SKIP_REASONS, BadSample, check_caption, decode_image, is_embedding,
     load_checked, open_image,
 )
+from siglip_lightning.data.regions import collate_regions, region_sample
 from siglip_lightning.data.shards import Slot, plan_slot
 from siglip_lightning.data.sources import iter_shard
 from siglip_lightning.errors import UserInputError
@@ -83,6 +84,8 @@ class PairStream(IterableDataset):
         holdout: ``(k, heldout)``: the k-th examples of each shard form the held-out set; ``heldout``
             selects them (validation) or the rest (training). None: no hold-out.
         id_column: column copied to ``sample["id"]`` (None: none).
+        regions_column: column of regions (boxes + captions, ``data/regions.py``): one is drawn per sample
+            into ``region_box`` / ``region_text`` / ``has_region`` (None: none).
         min_image_side: images with a smaller side are skipped.
         max_image_pixels: images with more pixels are skipped (before decoding).
         max_skip_fraction: a worker that has skipped more than this fraction of at least 50 samples
@@ -107,6 +110,7 @@ class PairStream(IterableDataset):
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_skip_fraction: float = 0.5,
         image_root: Optional[str] = None,
+        regions_column: Optional[str] = None,
     ) -> None:
         self.source = source
         self.image_column = image_column
@@ -122,6 +126,7 @@ class PairStream(IterableDataset):
         self.min_image_side, self.max_image_pixels = min_image_side, max_image_pixels
         self.max_skip_fraction = max_skip_fraction
         self.image_root = image_root
+        self.regions_column = regions_column
         self._transform_takes_rng = "rng" in inspect.signature(image_transform).parameters
         self.epoch = 0
         self.start_positions: Dict[int, int] = {}
@@ -217,6 +222,9 @@ class PairStream(IterableDataset):
         sample = {"image": pixels, "text": self.tokenizer([caption])[0]}
         if self.id_column is not None:
             sample["id"] = lookup(example, self.id_column)
+        if self.regions_column is not None:  # drawn after the image's augmentation: its draws are unchanged
+            sample.update(region_sample(example.get(self.regions_column), self.tokenizer, rng,
+                                        sample["text"].shape[0]))
         return sample
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -293,6 +301,7 @@ def collate_pairs(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
     if "id" in samples[0]:
         ids = [s["id"] for s in samples]
         batch["id"] = torch.tensor(ids) if all(isinstance(i, int) for i in ids) else ids
+    collate_regions(samples, batch)
     if "_pos" in samples[-1]:
         batch["_stream"] = samples[-1]["_pos"]
     return batch

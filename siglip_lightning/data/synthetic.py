@@ -58,6 +58,9 @@ class ShapesSpec:
         max_aspect: render each image at an aspect ratio (width / height) drawn log-uniformly in
             [1 / max_aspect, max_aspect], with about ``image_size`` squared pixels; shapes are not distorted
             (1: all square, the default). For NaFlex, which sees images at their own aspect ratio.
+        regions: also write a ``regions`` column: each object's box (x0, y0, x1, y1 as fractions of
+            the image's width and height) with its phrase ("a small red circle"), for LocCa's
+            referring expressions and grounded captioning (read with ``data.regions_column``).
     """
 
     num_train: int = 50_000
@@ -71,6 +74,7 @@ class ShapesSpec:
     num_shards: int = 8
     seed: int = 0
     max_aspect: float = 1.0
+    regions: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_colors <= len(COLORS):
@@ -100,6 +104,8 @@ class ShapesSpec:
         fields = dataclasses.asdict(self)
         if fields["max_aspect"] == 1.0:  # square data keeps the folder name it had before the option existed
             del fields["max_aspect"]
+        if not fields["regions"]:  # and so does data without the regions column
+            del fields["regions"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
@@ -163,8 +169,17 @@ def _corrupt(caption: str, spec: ShapesSpec, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def make_pair(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str]:
-    """The (PNG bytes, caption) of one example; deterministic in (spec, split, index)."""
+def object_box(obj: SceneObject, width: int, height: int) -> List[float]:
+    """(x0, y0, x1, y1) of the square around ``obj`` as drawn (radius r of the short side), in [0, 1] of
+    the image's width and height; the square shape is drawn 0.85 r wide."""
+    r = SIZES[obj.size] * min(width, height) * (0.85 if obj.shape == "square" else 1.0)
+    rx, ry = r / width, r / height
+    return [max(0.0, obj.cx - rx), max(0.0, obj.cy - ry), min(1.0, obj.cx + rx), min(1.0, obj.cy + ry)]
+
+
+def make_example(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str, List[dict]]:
+    """(PNG bytes, caption, regions) of one example; deterministic in (spec, split, index). Regions are
+    ``{"box": [x0, y0, x1, y1], "caption": phrase}``, true of the image even when the caption is noisy."""
     split_id = SPLITS.index(split)
     rng = np.random.default_rng([spec.seed, split_id, index])
     objects, caption = _random_scene(spec, rng)
@@ -172,7 +187,13 @@ def make_pair(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str]:
     image = render_scene(objects, width, rng, height)
     if split == "train" and rng.random() < spec.caption_noise:
         caption = _corrupt(caption, spec, rng)
-    return image, caption
+    regions = [{"box": object_box(obj, width, height), "caption": _phrase(obj)} for obj in objects]
+    return image, caption, regions
+
+
+def make_pair(spec: ShapesSpec, split: str, index: int) -> Tuple[bytes, str]:
+    """The (PNG bytes, caption) of one example; deterministic in (spec, split, index)."""
+    return make_example(spec, split, index)[:2]
 
 
 def make_zeroshot_example(spec: ShapesSpec, index: int) -> Tuple[bytes, int]:
@@ -196,15 +217,19 @@ def _write_parquet(rows: dict, features, path: Path) -> None:
 def _write_pairs_shard(spec: ShapesSpec, split: str, start: int, stop: int, path: Path) -> None:
     import datasets
 
-    features = datasets.Features(
-        {"image": datasets.Image(), "text": datasets.Value("string"), "id": datasets.Value("int64")}
-    )
-    rows = {"image": [], "text": [], "id": []}
+    columns = {"image": datasets.Image(), "text": datasets.Value("string"), "id": datasets.Value("int64")}
+    if spec.regions:
+        columns["regions"] = [{"box": datasets.Sequence(datasets.Value("float32"), length=4),
+                               "caption": datasets.Value("string")}]
+    features = datasets.Features(columns)
+    rows = {name: [] for name in columns}
     for index in range(start, stop):
-        image, caption = make_pair(spec, split, index)
+        image, caption, regions = make_example(spec, split, index)
         rows["image"].append({"bytes": image, "path": None})
         rows["text"].append(caption)
         rows["id"].append(index)
+        if spec.regions:
+            rows["regions"].append(regions)
     _write_parquet(rows, features, path)
 
 

@@ -41,6 +41,8 @@ def final_metrics(folder: Path) -> Dict[str, float]:
     top1 = next((v for k, v in logged.items() if k.startswith("zeroshot/") and k.endswith("/top1")), None)
     if top1 is not None:
         out["zeroshot_top1"] = round(100 * top1, 2)
+    if "val/referring_acc" in logged:  # LocCa's referring expressions (SigLIP 2 study)
+        out["referring_acc"] = round(100 * logged["val/referring_acc"], 2)
     if "train/t" in logged:
         out["final_t"] = round(logged["train/t"], 3)
     if "train/b" in logged:

@@ -19,4 +19,5 @@ def module_hparams_to_ignore(**init_args: Any) -> List[str]:
     """Names of ``init_args`` holding ``nn.Module`` objects, unless the CLI supplies their config."""
     if _compat.cli_hyperparameters() is not None:
         return []
-    return [name for name, value in init_args.items() if isinstance(value, nn.Module)]
+    return [name for name, value in init_args.items() if isinstance(value, nn.Module)
+            or (isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value))]

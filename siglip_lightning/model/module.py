@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import lightning as L
 import torch
@@ -15,6 +15,10 @@ from siglip_lightning.errors import UserInputError
 from siglip_lightning.model.finetune import apply_lr_controls, freeze_controlled
 from siglip_lightning.model.gradcache import cached_gradient_loss, check_micro_batch_size, wants_micro_batches
 from siglip_lightning.model.init_from import load_initial_weights
+from siglip_lightning.model.objectives import (
+    attach_objectives, drop_inactive_gradients, objective_step, start_teacher_if_due, update_teacher,
+)
+from siglip_lightning.objectives.base import Objective
 from siglip_lightning.losses import ContrastiveLoss, SigmoidLoss
 from siglip_lightning.model.hparams import module_hparams_to_ignore
 from siglip_lightning.model.precision import keep_float32
@@ -99,6 +103,12 @@ class SigLIPModule(L.LightningModule):
             embeddings ``layer_decay**(L + 1)``, the head 1; 1.0 is off.
         image_tower_frozen_blocks: freeze the image tower's embeddings and first k blocks (-1: all of it).
         text_tower_frozen_blocks: the same for the text tower.
+        objectives: training objectives beside the contrastive loss, each with its weight and its
+            [start, stop) span as fractions of the steps (SigLIP 2: ``LocCaCaptioning``,
+            ``SelfDistillation``, ``MaskedPrediction``; ``siglip_lightning/objectives/``). Empty: the
+            contrastive loss alone, as before.
+        teacher_momentum: m of the EMA teacher of the self-distillation objectives
+            (theta_t <- m theta_t + (1 - m) theta_s after each optimizer step).
     """
 
     def __init__(
@@ -129,13 +139,15 @@ class SigLIPModule(L.LightningModule):
         layer_decay: float = 1.0,
         image_tower_frozen_blocks: int = 0,
         text_tower_frozen_blocks: int = 0,
+        objectives: Optional[List[Objective]] = None,
+        teacher_momentum: float = 0.996,
     ) -> None:
         super().__init__()
         check_micro_batch_size(micro_batch_size)
         decayed_names(nn.Module(), weight_decay_mask)  # refuse an unknown mask now, not at the first step
         # Python-built towers/loss are left out of hparams so checkpoints stay weights_only-loadable.
         self.save_hyperparameters(ignore=module_hparams_to_ignore(image_tower=image_tower, text_tower=text_tower,
-                                                                  loss=loss))
+                                                                  loss=loss, objectives=objectives))
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.loss = loss if loss is not None else SigmoidLoss()
@@ -148,6 +160,7 @@ class SigLIPModule(L.LightningModule):
         self._grads_zeroed = False
         self._skipped: Dict[str, int] = {}  # bad samples of this epoch, by reason
         freeze_controlled(self)
+        attach_objectives(self, objectives, teacher_momentum)  # after freezing: the teacher copies the tower
 
     # --- t', b and norms stay float32 under bf16-true / 16-true (model/precision.py) ----------------
     def to(self, *args: Any, **kwargs: Any) -> "SigLIPModule":
@@ -172,6 +185,11 @@ class SigLIPModule(L.LightningModule):
                 "accumulating contrastive losses shrinks the negatives to one micro-batch; raise "
                 "data.batch_size and set model.micro_batch_size to what fits in memory (gradient caching: "
                 "the same gradient as the whole batch), or add devices (with a chunked loss)")
+        for objective in self.objectives:
+            objective.configure(getattr(self.trainer, "datamodule", None))
+        if stage == "fit" and len(self.objectives) and self.hparams.get("micro_batch_size"):
+            raise UserInputError("model.micro_batch_size (gradient caching) does not support model.objectives: "
+                                 "unset one of them")
         if stage == "fit" and self.hparams.get("init_from"):
             load_initial_weights(self, self.hparams.init_from)
 
@@ -195,6 +213,11 @@ class SigLIPModule(L.LightningModule):
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images), self.encode_text(text)
 
+    def forward_objectives(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(contrastive loss, total loss) with ``model.objectives`` (model/objectives.py). A method of its own so
+        that FSDP2 gathers the root's parameters around it as around ``forward`` (model/sharding.py)."""
+        return objective_step(self, batch)
+
     def compute_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
         image_features, text_features = self(batch["image"], batch["text"])
         return self.loss(image_features, text_features, self.logit_scale.exp(), self.logit_bias)
@@ -209,6 +232,8 @@ class SigLIPModule(L.LightningModule):
                 optimizer.zero_grad()
             self._grads_zeroed = True
             loss, step_loss = cached_gradient_loss(self, batch["image"], batch["text"], micro)
+        elif len(self.objectives):
+            loss, step_loss = self.forward_objectives(batch)
         else:
             loss = step_loss = self.compute_loss(batch)
         # Under a global loss each rank returns its share; their mean over ranks is the global loss.
@@ -226,6 +251,9 @@ class SigLIPModule(L.LightningModule):
             self._skipped[reason] = self._skipped.get(reason, 0) + int(count)
         return step_loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        start_teacher_if_due(self)  # SILC / TIPS start: the EMA teacher is copied from the student
+
     def on_train_epoch_start(self) -> None:
         self._skipped = {}
 
@@ -238,6 +266,13 @@ class SigLIPModule(L.LightningModule):
             self._grads_zeroed = False
             return
         optimizer.zero_grad()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        drop_inactive_gradients(self)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        update_teacher(self)  # the EMA teacher follows the student after each optimizer step
 
     def _writes_logs_this_step(self) -> bool:
         return _compat.logs_this_step(self._trainer) if self._trainer else True

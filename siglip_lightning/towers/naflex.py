@@ -10,7 +10,7 @@ and in the MAP head, so an image's embedding is the same alone or padded in a ba
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from open_clip.transformer import Transformer
@@ -119,16 +119,34 @@ class NaFlexVisionTower(nn.Module):
         x = x + block.ls_1(block.attn(y, y, y, key_padding_mask=padding, need_weights=False)[0])
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
+    num_prefix_tokens = 0
+
     def forward(self, images: Any) -> torch.Tensor:
+        return self.pool(*self.forward_tokens(images))
+
+    def forward_tokens(self, images: Any, patch_mask: Optional[torch.Tensor] = None,
+                       mask_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Un-pooled tokens ``[b, L, width]`` after the final norm, and the padding mask ``[b, L]`` (True = pad).
+
+        ``patch_mask`` (bool ``[b, L]``) replaces those patch embeddings by ``mask_token`` (``[width]``)
+        before the position embeddings are added.
+        """
         batch = as_patch_batch(images)
         self._check(batch)
         patches = batch.patches.to(self.patch_embed.weight.dtype)
-        x = self.patch_embed(patches) + self.positions(batch.spatial_shapes, patches.shape[1])
+        x = self.patch_embed(patches)
+        if patch_mask is not None:
+            x = torch.where(patch_mask[..., None], mask_token.to(x.dtype), x)
+        x = x + self.positions(batch.spatial_shapes, patches.shape[1])
         padding = ~batch.mask.to(x.device)
         for block in self.transformer.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(self._block, block, x, padding, use_reentrant=False)
             else:
                 x = self._block(block, x, padding)
-        pooled = self.head(self.norm(x), key_padding_mask=padding)
+        return self.norm(x), padding
+
+    def pool(self, tokens: torch.Tensor, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The embedding ``[b, output_dim]`` of :meth:`forward_tokens`' tokens, padding masked out."""
+        pooled = self.head(tokens, key_padding_mask=padding)
         return self.proj(pooled) if self.proj is not None else pooled

@@ -7,13 +7,14 @@ pooling asks for one, a final LayerNorm and a MAP (attention-pooling) head.
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from open_clip.transformer import Transformer
 from torch import nn
 
 from siglip_lightning.towers.layers import GELUTanh, LayerNorm, MAPHead, use_fused_attention
+from siglip_lightning.towers.naflex import resize_position_grid
 
 
 class VisionTower(nn.Module):
@@ -66,20 +67,53 @@ class VisionTower(nn.Module):
         self.head = MAPHead(width, heads, mlp_ratio, norm_eps) if pool_type == "map" else None
         self.proj = nn.Linear(width, self.output_dim) if self.output_dim != width else None
 
+    #: leading tokens that are not patches (the class token of ``tok`` pooling)
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token is not None else 0
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+        return self.pool(*self.forward_tokens(images))
+
+    def forward_tokens(self, images: torch.Tensor, patch_mask: Optional[torch.Tensor] = None,
+                       mask_token: Optional[torch.Tensor] = None, any_size: bool = False) -> Tuple[torch.Tensor, None]:
+        """Un-pooled tokens ``[b, prefix + grid^2, width]`` after the final norm, and ``None`` (no padding).
+
+        ``patch_mask`` (bool ``[b, grid^2]``) replaces those patch embeddings by ``mask_token``
+        (``[width]``) before the position embeddings are added (masked prediction, TIPS / iBOT).
+        ``any_size``: accept images of another size (a multiple of the patch), with the position grid
+        resized to theirs (antialiased bilinear, as NaFlex): SILC's small local crops.
+        """
+        side = images.shape[-2:]
+        if not any_size and (side[0] != self.image_size or side[1] != self.image_size):
             raise ValueError(
                 f"VisionTower expects {self.image_size}x{self.image_size} images, got "
                 f"{tuple(images.shape[-2:])}: set data.image_size to the tower's image_size"
             )
+        if side[0] % self.patch_size or side[1] % self.patch_size:
+            raise ValueError(f"image sides {tuple(side)} are not multiples of patch_size {self.patch_size}")
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [b, grid^2, width]
+        if patch_mask is not None:
+            x = torch.where(patch_mask[..., None], mask_token.to(x.dtype), x)
         if self.class_token is not None:
             x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.norm(self.transformer(x + self.pos_embed))
+        return self.norm(self.transformer(x + self.positions(side[0] // self.patch_size, side[1] // self.patch_size))), None
+
+    def positions(self, rows: int, cols: int) -> torch.Tensor:
+        """``[1, tokens, width]`` position embeddings of a ``rows x cols`` patch grid (the learned ones at its own)."""
+        if rows == cols == self.grid_size:
+            return self.pos_embed
+        prefix = self.num_prefix_tokens
+        grid = self.pos_embed[0, prefix:].reshape(self.grid_size, self.grid_size, -1)
+        resized = resize_position_grid(grid, rows, cols)[None]
+        return torch.cat([self.pos_embed[:, :prefix], resized], dim=1)
+
+    def pool(self, tokens: torch.Tensor, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The embedding ``[b, output_dim]`` of :meth:`forward_tokens`' tokens (``padding`` is unused here)."""
         if self.pool_type == "map":
-            pooled = self.head(x)
+            pooled = self.head(tokens)
         elif self.pool_type == "tok":
-            pooled = x[:, 0]
+            pooled = tokens[:, 0]
         else:
-            pooled = x.mean(dim=1)
+            pooled = tokens.mean(dim=1)
         return self.proj(pooled) if self.proj is not None else pooled

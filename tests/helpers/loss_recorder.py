@@ -3,7 +3,8 @@
 Used by tests/test_recipes_distributed.py: stacked on a recipe run through the CLI on several
 processes, it writes ``rank{r}.pt`` with, per training step: the image and text features that
 entered the loss (float64 copies), t, b, the loss the rank returned, the gradient that reached
-the features, the logged ``train/loss``, and the gradients of t' and b after DDP's all-reduce.
+the features, the logged ``train/loss``, and the gradients of t' and b after DDP's all-reduce; with
+``model.objectives``, each objective's per-example losses and its logged value.
 """
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ class LossRecorder(Callback):
             return value
 
         loss.forward = recording_forward
+        for objective in getattr(pl_module, "objectives", []):  # SigLIP 2's: their per-example losses
+            objective.per_example = self._recording(objective)
+
+    def _recording(self, objective):
+        original, recorder = objective.per_example, self
+
+        def recording_per_example(context):
+            values = original(context)
+            recorder.steps[-1].setdefault("objectives", {})[objective.log_name] = values.detach().double().clone()
+            return values
+
+        return recording_per_example
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         entry = self.steps[-1]
@@ -56,6 +69,8 @@ class LossRecorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps[-1]["logged"] = float(trainer.callback_metrics["train/loss"])
+        self.steps[-1]["objectives_logged"] = {name: float(trainer.callback_metrics[f"train/{name}"])
+                                               for name in self.steps[-1].get("objectives", {})}
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if "val/loss" in trainer.callback_metrics:
