@@ -105,3 +105,37 @@ def hard_exit(code: int) -> None:
     """End the process now, without running exit handlers: a hung thread may hold locks that a
     normal exit would wait on forever (checkpointing/watchdog.py)."""
     os._exit(code)
+
+
+# --- torch: the dry-run planner (siglip_lightning/plan/) -----------------------------------------
+
+def fake_tensor_mode() -> Any:
+    """A ``FakeTensorMode``: tensors with shapes, dtypes and devices but no storage, so the planner can
+    build a B/16 and run its step without allocating it. Real tensors met inside (a NaFlex batch's
+    spatial shapes) are taken in as fake ones."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def dispatch_mode_class() -> type:
+    """``TorchDispatchMode``, the base of the planner's live-bytes tracker: it sees every aten op and the
+    storages it returns (no public equivalent; torch's own MemTracker builds on it)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode
+
+
+def cpu_attention_ops() -> tuple:
+    """The CPU kernels of ``scaled_dot_product_attention`` (forward, backward). ``FlopCounterMode`` counts
+    the CUDA kernels only, so the planner maps these two to the same formulas (plan/flops.py)."""
+    aten = torch.ops.aten
+    return aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def outside_fake_mode() -> Any:
+    """A context in which tensors are real again (inside the planner's fake mode): a NaFlex batch's mask
+    and patch-grid shapes, which the tower reads as Python numbers."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()
