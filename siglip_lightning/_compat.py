@@ -139,3 +139,26 @@ def outside_fake_mode() -> Any:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     return unset_fake_temporarily()
+
+
+class _GlobalOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: every FLOP counts toward "Global" only."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def count_flops_globally(counter: Any) -> Any:
+    """``counter`` (a ``FlopCounterMode``) without its per-module breakdown. Its module tracker hooks the
+    inputs of every module, and fails on a tensor that requires grad without a grad_fn, which a
+    parameter's view made under ``no_grad`` is (the MAP head's probe in gradient caching's first pass);
+    ``get_total_flops`` only needs the "Global" count."""
+    if not hasattr(counter, "mod_tracker"):
+        raise _moved("torch.utils.flop_counter.FlopCounterMode.mod_tracker")
+    counter.mod_tracker = _GlobalOnly()
+    return counter

@@ -6,7 +6,7 @@ by torch's formula; on a CPU it runs ``_scaled_dot_product_flash_attention_for_c
 counter skips. The planner runs on CPU fake tensors but plans for GPUs, so both of its kernels get
 the same formulas here (and a CPU measurement of a real step uses the same counter). The in-place
 ``addmm_`` that the tiled and ring sigmoid losses write their logits and gradients with is counted
-as ``addmm`` is (torch's counter has no entry for it).
+as ``addmm`` is (torch's counter has no entry for it). Only the total is kept (no per-module table).
 """
 from __future__ import annotations
 
@@ -31,5 +31,6 @@ def _addmm(bias, left, right, *args, out_shape=None, **kwargs) -> int:
 def flop_counter() -> FlopCounterMode:
     """A silent ``FlopCounterMode`` that also counts CPU attention (``get_total_flops()`` after use)."""
     forward, backward = _compat.cpu_attention_ops()
-    return FlopCounterMode(display=False, custom_mapping={forward: _attention, backward: _attention_backward,
-                                                         torch.ops.aten.addmm_: _addmm})
+    counter = FlopCounterMode(display=False, custom_mapping={forward: _attention, backward: _attention_backward,
+                                                            torch.ops.aten.addmm_: _addmm})
+    return _compat.count_flops_globally(counter)

@@ -10,7 +10,9 @@ pairs, d embedding width, s bytes per feature element, a bytes per accumulator e
 - sigmoid, ring (``ring_sigmoid.py``): two accumulators 2·b·d·a, two tile buffers 2·min(T,b)²·s (a
   whole b x b block without tiling), and per ring direction the visiting and the next text block
   (2·b·d·s; one when a direction makes a single hop) and the accumulators travelling with them
-  (2·b·d·a). FLOPs 6·b·N·d: a product for the logits and two for the gradients, per block.
+  (2·b·d·a); at the end, with 16-bit features, the gradients cast back (2·b·d·s). FLOPs 6·b·N·d: a
+  product for the logits and two for the gradients, per block. The tiled loss on one device is the
+  same machinery with no ring (it reads t and b as numbers, which fake tensors cannot give).
 - softmax, gathered (``softmax.py``): the gathered image and text features 2·N·d·s, two b x N logit
   products, their scaled copies and log-softmaxes 6·b·N·l (l: bytes of the logits' dtype), the
   features' gradients 2·b·d·s. FLOPs 12·b·N·d: two products forward, four backward.
@@ -54,21 +56,26 @@ def traced_loss(loss: nn.Module, rows: int, width: int, dtype: torch.dtype,
     autocast = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     with _compat.fake_tensor_mode():
-        image = torch.randn(rows, width, dtype=dtype, requires_grad=True)
-        text = torch.randn(rows, width, dtype=dtype, requires_grad=True)
+        # not leaves (as in a step, where they come out of the towers): torch's counter hooks module inputs,
+        # and autograd.grad refuses leaves with hooks
+        image = torch.randn(rows, width, dtype=dtype, requires_grad=True).clone()
+        text = torch.randn(rows, width, dtype=dtype, requires_grad=True).clone()
         tracker = LiveBytes()
         with flop_counter() as counter, tracker:
             with autocast:
                 value = loss(image, text, scale, bias)
-            value.backward()
-            del value
+            # the features' gradients go on into the towers in a step: not accumulated into leaves here
+            grads = torch.autograd.grad(value, [image, text])
+            del value, grads
     peak = max(other + grads for _, other, grads in tracker.timeline)
     return LossCost(peak, counter.get_total_flops(), "traced")
 
 
 def _streams(world: int, bidirectional: bool):
-    """Hops made by each ring direction (ring.py's make_streams)."""
+    """Hops made by each ring direction (ring.py's make_streams); none on one device."""
     others = world - 1
+    if others == 0:
+        return []
     return [others] if not bidirectional or others < 2 else [(others + 1) // 2, others // 2]
 
 
@@ -76,9 +83,11 @@ def ring_sigmoid(rows: int, world: int, width: int, dtype: torch.dtype, tile: Op
                  bidirectional: bool) -> LossCost:
     b, d, s, a = rows, width, _size(dtype), _size(accumulator_dtype(dtype))
     side = min(tile or b, b)
-    memory = 2 * b * d * a + 2 * side * side * s
-    memory += sum(min(hops, 2) * b * d * s + 2 * b * d * a for hops in _streams(world, bidirectional))
-    return LossCost(memory, 6 * b * (world * b) * d, "formula: sigmoid ring")
+    scoring = 2 * side * side * s + sum(min(hops, 2) * b * d * s + 2 * b * d * a
+                                        for hops in _streams(world, bidirectional))
+    finishing = 2 * b * d * s if a != s else 0  # the gradients cast back to the features' dtype
+    name = "formula: sigmoid ring" if world > 1 else "formula: sigmoid tiled"
+    return LossCost(2 * b * d * a + max(scoring, finishing), 6 * b * (world * b) * d, name)
 
 
 def gathered_softmax(rows: int, world: int, width: int, dtype: torch.dtype,
@@ -101,7 +110,10 @@ def loss_cost(loss: nn.Module, rows: int, world: int, width: int, dtype: torch.d
     """The loss's cost on one of ``world`` devices holding ``rows`` pairs of ``width``-wide features."""
     from siglip_lightning.losses import SigmoidLoss, SoftmaxLoss
 
-    if world == 1 or getattr(loss, "local_negatives", False):
+    local = world == 1 or getattr(loss, "local_negatives", False)
+    if local and isinstance(loss, SigmoidLoss) and loss.tile is not None:  # reads t and b as numbers: no fakes
+        return ring_sigmoid(rows, 1, width, dtype, loss.tile, False)
+    if local:
         return traced_loss(loss, rows, width, dtype, autocast_dtype, with_bias)
     # on several devices the losses exchange the features as they are (no autocast inside the ring)
     if isinstance(loss, SigmoidLoss):

@@ -110,6 +110,17 @@ def _blocks(module: nn.Module) -> List[int]:
             if isinstance(m, ResidualAttentionBlock)]
 
 
+def _convert(module: nn.Module, dtype: torch.dtype) -> None:
+    """What ``SigLIPModule.to(dtype)`` does under ``*-true`` precision (t', b and norms stay float32,
+    ``model/precision.py``), written for fake parameters, which ``Module.to`` cannot swap."""
+    from siglip_lightning.model.precision import float32_parameters
+
+    keep = {id(p) for p in float32_parameters(module).values()}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != dtype and id(tensor) not in keep:
+            tensor.data = tensor.data.to(dtype)
+
+
 def _make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
     """The module's AdamW with its state already made (as after a first step), counted from its sizes."""
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-3, fused=module.use_fused_optimizer())
@@ -126,7 +137,7 @@ def trace_steps(module: nn.Module, sizes: List[int], data: Dict[str, Any], preci
     pairs in ``sizes``; the previous step's gradients are alive when each starts, as in training."""
     autocast_dtype = MIXED.get(precision)
     if precision in TRUE:
-        module = module.to(TRUE[precision])  # SigLIPModule.to keeps t', b and norms in float32
+        _convert(module, TRUE[precision])
     autocast = ((lambda: torch.autocast("cpu", dtype=autocast_dtype)) if autocast_dtype is not None
                 else contextlib.nullcontext)
     image_dtype = TRUE.get(precision, torch.float32)

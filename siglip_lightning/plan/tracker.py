@@ -53,7 +53,10 @@ class LiveBytes(_compat.dispatch_mode_class()):
         self.marks: dict = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        for tensor in _tensors([args, list(kwargs.values())]):
+            self._known(tensor)  # an input not seen before was made before the tracker: not counted
+        out = func(*args, **kwargs)
         for tensor in _tensors(out):
             self._count(tensor)
         self.timeline.append((self.phase, self.other, self.grads))
@@ -68,6 +71,11 @@ class LiveBytes(_compat.dispatch_mode_class()):
         key = id(record)
         self._refs[key] = weakref.ref(storage, lambda _ref, record=record, key=key: self._free(record, key))
         self.other += record.nbytes
+
+    def _known(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage not in self._records:
+            self._records[storage] = _Record(0)
 
     def _free(self, record: _Record, key: int) -> None:
         self._refs.pop(key, None)
