@@ -6,7 +6,8 @@
 Each case is a small config (written here: ViT and text towers of width 192, 64-pixel images, 256 pairs
 per device, the built-in data, float32) plus overrides: the dense and the tiled sigmoid loss, softmax,
 DDP on 2 gloo processes (the sigmoid ring), FSDP2 on 2 processes, gradient caching, activation
-checkpointing, bf16-mixed. For each, ``siglip-lightning plan`` gives the planned peak and FLOPs per
+checkpointing, bf16-mixed; and with the loss's memory made large (2048 pairs per device, tiny towers) the
+dense sigmoid loss on one process and the sigmoid ring, gathered softmax and softmax ring on two. For each, ``siglip-lightning plan`` gives the planned peak and FLOPs per
 device; then ``siglip-lightning fit`` runs 3 steps in a fresh process (and its ranks), and on the third
 a callback resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, as loss_harness.py does) and
 counts FLOPs with the planner's counter. Measured peak (worst rank) = VmHWM during that step minus the
@@ -67,6 +68,13 @@ data:
   builtin: {num_train: 2048, num_validation: 64, zeroshot_per_class: 1, num_shards: 4, image_size: 64}
 """
 
+# the loss's share of memory made large: towers of width 32 on 16-pixel images, 2048 pairs per device
+LOSS_HEAVY = ["--model.image_tower.init_args.image_size=16", "--model.image_tower.init_args.width=32",
+              "--model.image_tower.init_args.layers=1", "--model.text_tower.init_args.width=32",
+              "--model.text_tower.init_args.layers=1", "--model.text_tower.init_args.output_dim=32",
+              "--data.image_size=16", "--data.batch_size=2048", "--data.builtin.num_train=16384",
+              "--data.builtin.image_size=16"]
+
 CASES: Dict[str, List[str]] = {
     "dense": [],
     "tiled": ["--model.loss=siglip_lightning.SigmoidLoss", "--model.loss.init_args.tile=64"],
@@ -77,6 +85,12 @@ CASES: Dict[str, List[str]] = {
     "checkpointing": ["--model.image_tower.init_args.grad_checkpointing=true",
                       "--model.text_tower.init_args.grad_checkpointing=true"],
     "bf16-mixed": ["--trainer.precision=bf16-mixed"],
+    "loss-heavy dense": LOSS_HEAVY,
+    "loss-heavy ring-ddp2": [*LOSS_HEAVY, "--trainer.devices=2", "--trainer.strategy=ddp"],
+    "loss-heavy softmax-ddp2": [*LOSS_HEAVY, "--trainer.devices=2", "--trainer.strategy=ddp",
+                                "--model.loss=siglip_lightning.SoftmaxLoss"],
+    "loss-heavy softmax-ring-ddp2": [*LOSS_HEAVY, "--trainer.devices=2", "--trainer.strategy=ddp",
+                                     "--model.loss=siglip_lightning.SoftmaxLoss", "--model.loss.init_args.ring=true"],
 }
 
 

@@ -111,11 +111,30 @@ def hard_exit(code: int) -> None:
 
 def fake_tensor_mode() -> Any:
     """A ``FakeTensorMode``: tensors with shapes, dtypes and devices but no storage, so the planner can
-    build a B/16 and run its step without allocating it. Real tensors met inside (a NaFlex batch's
-    spatial shapes) are taken in as fake ones."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    run a B/16's step without allocating it. Unlike torch's, an op whose tensors are all real runs for
+    real (a NaFlex batch's mask and patch-grid shapes, which the tower reads as Python numbers); an op
+    mixing real and fake tensors gives a fake one."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 
-    return FakeTensorMode(allow_non_fake_inputs=True)
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                yield from tensors(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from tensors(item)
+
+    class KeepsRealTensorsReal(FakeTensorMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            found = list(tensors([args, kwargs or {}]))
+            if found and not any(isinstance(t, FakeTensor) for t in found):
+                with unset_fake_temporarily():
+                    return func(*args, **(kwargs or {}))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    return KeepsRealTensorsReal(allow_non_fake_inputs=True)
 
 
 def dispatch_mode_class() -> type:

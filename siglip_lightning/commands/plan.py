@@ -14,6 +14,8 @@ import json
 import warnings
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.plan.devices import DEVICES, Device, device_named
 from siglip_lightning.plan.planner import DevicePlan, flops_at, largest_batch, peak_at, plan_step
@@ -38,7 +40,7 @@ def _add_options(parser) -> None:
 
 
 def build_module(model_config: Any):
-    """The configured SigLIPModule, built inside the planner's fake mode (call it inside that mode)."""
+    """The configured SigLIPModule (on the default device: the planner builds it on ``meta``)."""
     from jsonargparse import ArgumentParser
 
     from siglip_lightning.model.module import SigLIPModule
@@ -88,8 +90,8 @@ def _table(summary: Dict[str, Any]) -> str:
               "activations (peak)", "loss memory", "planned peak"]
     lines = [f"per device: {summary['rows_per_device']} pairs (global batch {summary['global_batch']}), "
              f"{summary['strategy']}, {summary['precision']}, {summary['loss']} (loss memory "
-             f"{summary['loss_memory_from']})", "", "| per device | GiB |", "|---|---|"]
-    lines += [f"| {key} | {summary[key] / GIB:.3f} |" for key in memory if key in summary]
+             f"{summary['loss_memory_from']})", "", "| per device | MiB |", "|---|---|"]
+    lines += [f"| {key} | {summary[key] / 2**20:.1f} |" for key in memory if key in summary]
     lines.append(f"| FLOPs per step (forward + backward) | {summary['flops_per_step']:.4g} |")
     if "device" in summary:
         lines += ["", f"on {summary['device']} ({summary['device_peak_tflops']:g} TFLOP/s, "
@@ -105,9 +107,8 @@ def _table(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plan_config(argv: List[str]) -> Dict[str, Any]:
-    """Parse ``argv`` as ``fit`` does (plus ``--plan.*``), plan it, return the summary."""
-    from siglip_lightning import _compat
+def parse(argv: List[str]) -> Any:
+    """``argv`` parsed as ``fit`` parses it, plus the ``--plan.*`` options; nothing is built."""
     from siglip_lightning.cli import SigLIPCLI
 
     class PlanCLI(SigLIPCLI):
@@ -121,17 +122,34 @@ def plan_config(argv: List[str]) -> Dict[str, Any]:
     with warnings.catch_warnings():  # LightningCLI warns when args are given while sys.argv has some too
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
         config = PlanCLI(args=argv, run=False, parser_kwargs={"prog": "siglip-lightning plan"}).config
-    options = config.plan
-    if not 0 < options.mfu <= 1:
-        raise UserInputError(f"--plan.mfu must be in (0, 1], got {options.mfu}")
+    if not 0 < config.plan.mfu <= 1:
+        raise UserInputError(f"--plan.mfu must be in (0, 1], got {config.plan.mfu}")
+    return config
+
+
+def plan_parsed(config: Any):
+    """``(DevicePlan, module)`` of a parsed config; the module is built on fake tensors."""
+    from siglip_lightning import _compat
+
     data = config.data.as_dict() if hasattr(config.data, "as_dict") else dict(config.data)
     rows = data.get("batch_size")
     if not rows or rows < 1:
         raise UserInputError(f"data.batch_size must be a positive number of pairs to plan, got {rows}")
-    with _compat.fake_tensor_mode():
+    with torch.device("meta"), warnings.catch_warnings():  # no memory behind it (a folder's file is still read)
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
         module = build_module(config.model)
+    with _compat.fake_tensor_mode():
+        module.to_empty(device="cpu")  # fake CPU tensors: the CPU kernels' shapes and choices, as on a GPU
     plan = plan_step(module, rows, data, precision_name(config.trainer.precision), layout_of(config.trainer),
                      module.hparams.get("micro_batch_size"))
+    return plan, module
+
+
+def plan_config(argv: List[str]) -> Dict[str, Any]:
+    """Parse ``argv`` as ``fit`` does (plus ``--plan.*``), plan it, return the summary."""
+    config = parse(argv)
+    plan, module = plan_parsed(config)
+    options = config.plan
     return summarise(plan, module, _device(options), options.mfu, options.reserve_gib) | {"json": options.json}
 
 

@@ -10,14 +10,15 @@ pairs, d embedding width, s bytes per feature element, a bytes per accumulator e
 - sigmoid, ring (``ring_sigmoid.py``): two accumulators 2·b·d·a, two tile buffers 2·min(T,b)²·s (a
   whole b x b block without tiling), and per ring direction the visiting and the next text block
   (2·b·d·s; one when a direction makes a single hop) and the accumulators travelling with them
-  (2·b·d·a); at the end, with 16-bit features, the gradients cast back (2·b·d·s). FLOPs 6·b·N·d: a
+  (2·b·d·a); at the end, with 16-bit features, a float32 copy of the images (b·d·a, for t's gradient)
+  and the gradients cast back (2·b·d·s). FLOPs 6·b·N·d: a
   product for the logits and two for the gradients, per block. The tiled loss on one device is the
   same machinery with no ring (it reads t and b as numbers, which fake tensors cannot give).
-- softmax, gathered (``softmax.py``): the gathered image and text features 2·N·d·s, two b x N logit
-  products, their scaled copies and log-softmaxes 6·b·N·l (l: bytes of the logits' dtype), the
-  features' gradients 2·b·d·s. FLOPs 12·b·N·d: two products forward, four backward.
-- softmax, ring (``ring_softmax.py``): a block of logits and two exponentials 3·b²·a (plus a b x b copy
-  in s when a != s), accumulators 2·b·d·a, per direction the visiting and next block with its
+- softmax, gathered (``softmax.py``): the gathered image and text features 2·N·d·s, the two b x N
+  logit products and their log-softmaxes, kept for backward, 4·b·N·l (l: bytes of the logits'
+  dtype), the features' gradients 2·b·d·s. FLOPs 12·b·N·d: two products forward, four backward.
+- softmax, ring (``ring_softmax.py``): a block of logits, its gradient and the two exponentials with
+  their arguments 4·b²·a (plus a b x b copy in s when a != s), accumulators 2·b·d·a, per direction the visiting and next block with its
   log-sum-exps and the travelling accumulators. FLOPs 8·b·N·d: one product per block in the first
   pass, three in the second.
 """
@@ -85,7 +86,7 @@ def ring_sigmoid(rows: int, world: int, width: int, dtype: torch.dtype, tile: Op
     side = min(tile or b, b)
     scoring = 2 * side * side * s + sum(min(hops, 2) * b * d * s + 2 * b * d * a
                                         for hops in _streams(world, bidirectional))
-    finishing = 2 * b * d * s if a != s else 0  # the gradients cast back to the features' dtype
+    finishing = b * d * a + 2 * b * d * s if a != s else 0  # float32 images for t's gradient, gradients cast back
     name = "formula: sigmoid ring" if world > 1 else "formula: sigmoid tiled"
     return LossCost(2 * b * d * a + max(scoring, finishing), 6 * b * (world * b) * d, name)
 
@@ -94,13 +95,13 @@ def gathered_softmax(rows: int, world: int, width: int, dtype: torch.dtype,
                      autocast_dtype: Optional[torch.dtype]) -> LossCost:
     b, n, d, s = rows, rows * world, width, _size(dtype)
     logits = _size(autocast_dtype or dtype)
-    memory = 2 * n * d * s + 6 * b * n * logits + 2 * b * d * s
+    memory = 2 * n * d * s + 4 * b * n * logits + 2 * b * d * s
     return LossCost(memory, 12 * b * n * d, "formula: softmax gather")
 
 
 def ring_softmax(rows: int, world: int, width: int, dtype: torch.dtype, bidirectional: bool) -> LossCost:
     b, d, s, a = rows, width, _size(dtype), _size(accumulator_dtype(dtype))
-    memory = 3 * b * b * a + (b * b * s if a != s else 0) + 2 * b * d * a
+    memory = 4 * b * b * a + (b * b * s if a != s else 0) + 2 * b * d * a
     memory += sum(min(hops, 2) * (b * d * s + b * a) + 2 * b * d * a for hops in _streams(world, bidirectional))
     return LossCost(memory, 8 * b * (world * b) * d, "formula: softmax ring")
 

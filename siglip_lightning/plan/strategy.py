@@ -75,9 +75,9 @@ def layout_of(trainer: Dict[str, Any]) -> Layout:
 def resident_bytes(layout: Layout, params: int, trainable: int, optimizer: int, blocks: list) -> Dict[str, int]:
     """Bytes a device holds for the whole step, by kind (the batch is added by the caller)."""
     shard = layout.shard
-    out = {"parameters": params // (shard if layout.kind == "fsdp" else 1),
-           "optimizer state": optimizer // shard,
-           "DDP buckets": trainable if layout.kind == "ddp" else 0}
+    out = {"parameters": params // (shard if layout.kind == "fsdp" else 1), "optimizer state": optimizer // shard}
+    if layout.kind == "ddp":
+        out["DDP buckets"] = trainable
     if layout.kind == "fsdp" and shard > 1:
         largest = max(blocks, default=0)
         root = params - sum(blocks)
