@@ -77,6 +77,7 @@ LOSS_HEAVY = ["--model.image_tower.init_args.image_size=16", "--model.image_towe
 
 CASES: Dict[str, List[str]] = {
     "dense": [],
+    "dense-64": ["--data.batch_size=64"],  # the quick one the default test suite runs
     "tiled": ["--model.loss=siglip_lightning.SigmoidLoss", "--model.loss.init_args.tile=64"],
     "softmax": ["--model.loss=siglip_lightning.SoftmaxLoss"],
     "ring-ddp2": ["--trainer.devices=2", "--trainer.strategy=ddp"],

@@ -30,7 +30,7 @@ def _assert_planned(row: dict) -> None:
 
 
 def test_a_one_process_step_is_planned():
-    (row,) = _check("dense")
+    (row,) = _check("dense-64")
     _assert_planned(row)
     assert row["ranks"] == 1 and row["loss_memory_from"] == "traced"
 
