@@ -293,7 +293,8 @@ def print_tables(results: Dict[str, Dict[tuple, Dict]], losses: List[Dict], devi
             other = results.get("open_clip", {}).get(key, {})
             ratio = (row["samples_per_s"] / other["samples_per_s"]
                      if impl == "ours" and "samples_per_s" in other else None)
-            print(f"{head} {row['samples_per_s']:.1f} | {row['tflops']:.3g} | {row['mfu']:.3f} | {row['peak_gib'] * 1024:.1f} "
+            print(f"{head} {row['samples_per_s']:.1f} | {row['tflops']:.3g} | {row['mfu']:.3f} | "
+                  f"{row['peak_gib'] * 1024:.1f} "
                   f"| {row['gflop_per_sample']:.4g} | {_cell(ratio)} |")
     print("\n## the loss alone, forward + backward, bf16 autocast\n")
     print("| impl | n | ms | peak MiB |\n|---|---|---|---|")

@@ -6,15 +6,16 @@
 Each case is a small config (written here: ViT and text towers of width 192, 64-pixel images, 256 pairs
 per device, the built-in data, float32) plus overrides: the dense and the tiled sigmoid loss, softmax,
 DDP on 2 gloo processes (the sigmoid ring), FSDP2 on 2 processes, gradient caching, activation
-checkpointing, bf16-mixed; and with the loss's memory made large (2048 pairs per device, tiny towers) the
-dense sigmoid loss on one process and the sigmoid ring, gathered softmax and softmax ring on two. For each, ``siglip-lightning plan`` gives the planned peak and FLOPs per
-device; then ``siglip-lightning fit`` runs 3 steps in a fresh process (and its ranks), and on the third
-a callback resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, as loss_harness.py does) and
-counts FLOPs with the planner's counter. Measured peak (worst rank) = VmHWM during that step minus the
-host's own memory, which a GPU would not hold: the RSS at the ``setup`` hook (interpreter, libraries,
-datamodule, Lightning) less the model's tensors, plus what building the data loaders added between
-``on_fit_start`` and ``on_train_start``. The peak above the process's start (everything) is printed
-too. glibc's mmap threshold is fixed at 64 KiB so freed buffers leave the RSS.
+checkpointing, bf16-mixed; and with the loss's memory made large (2048 pairs per device, tiny towers)
+the dense sigmoid loss on one process and the sigmoid ring, gathered softmax and softmax ring on two.
+For each, ``siglip-lightning plan`` gives the planned peak and FLOPs per device; then ``siglip-lightning
+fit`` runs 3 steps in a fresh process (and its ranks), and on the third a callback resets the kernel's
+peak-RSS mark (``/proc/self/clear_refs``, as loss_harness.py does) and counts FLOPs with the planner's
+counter. Measured peak (worst rank) = VmHWM during that step minus the host's own memory, which a GPU
+would not hold: the RSS at the ``setup`` hook (interpreter, libraries, datamodule, Lightning) less the
+model's tensors, plus what building the data loaders added between ``on_fit_start`` and
+``on_train_start``. The peak above the process's start (everything) is printed too. glibc's mmap
+threshold is fixed at 64 KiB so freed buffers leave the RSS.
 """
 from __future__ import annotations
 
@@ -205,10 +206,12 @@ def plan(args: List[str]) -> Dict:
 def check(case: str, config: str) -> Dict:
     args = ["--config", config, *CASES[case]]
     planned, measured = plan(args), measure(args)
-    return {"case": case, "planned_peak_mib": planned["planned peak"] / MIB, "measured_peak_mib": measured["peak"] / MIB,
+    return {"case": case, "planned_peak_mib": planned["planned peak"] / MIB,
+            "measured_peak_mib": measured["peak"] / MIB,
             "measured_above_start_mib": measured["peak_above_start"] / MIB,
             "peak_ratio": planned["planned peak"] / measured["peak"], "planned_flops": planned["flops_per_step"],
-            "measured_flops": measured["flops"], "ranks": measured["ranks"], "loss_memory_from": planned["loss_memory_from"]}
+            "measured_flops": measured["flops"], "ranks": measured["ranks"],
+            "loss_memory_from": planned["loss_memory_from"]}
 
 
 def write_config(folder: Path) -> str:
@@ -229,14 +232,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         config = write_config(Path(folder))
         if not options.json:
-            print("| case | planned peak MiB | measured peak MiB | planned / measured | measured above process start MiB "
+            print("| case | planned peak MiB | measured peak MiB | planned / measured "
+                  "| measured above process start MiB "
                   "| planned FLOPs | measured FLOPs | loss memory |\n|---|---|---|---|---|---|---|---|")
         for case in options.cases:
             row = check(case, config)
             rows.append(row)
             if not options.json:
                 print(f"| {case} | {row['planned_peak_mib']:.1f} | {row['measured_peak_mib']:.1f} | "
-                      f"{row['peak_ratio']:.3f} | {row['measured_above_start_mib']:.1f} | {row['planned_flops']:.4g} | {row['measured_flops']:.4g} | "
+                      f"{row['peak_ratio']:.3f} | {row['measured_above_start_mib']:.1f} | "
+                      f"{row['planned_flops']:.4g} | {row['measured_flops']:.4g} | "
                       f"{row['loss_memory_from']} |", flush=True)
     if options.json:
         print(json.dumps(rows))

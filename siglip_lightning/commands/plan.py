@@ -47,7 +47,8 @@ def build_module(model_config: Any):
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(SigLIPModule, "model", fail_untyped=False, sub_configs=True)
-    config = parser.parse_object({"model": model_config.as_dict() if hasattr(model_config, "as_dict") else model_config})
+    model = model_config.as_dict() if hasattr(model_config, "as_dict") else model_config
+    config = parser.parse_object({"model": model})
     return parser.instantiate(config).model
 
 

@@ -18,8 +18,8 @@ pairs, d embedding width, s bytes per feature element, a bytes per accumulator e
   logit products and their log-softmaxes, kept for backward, 4·b·N·l (l: bytes of the logits'
   dtype), the features' gradients 2·b·d·s. FLOPs 12·b·N·d: two products forward, four backward.
 - softmax, ring (``ring_softmax.py``): a block of logits, its gradient and the two exponentials with
-  their arguments 4·b²·a (plus a b x b copy in s when a != s), accumulators 2·b·d·a, per direction the visiting and next block with its
-  log-sum-exps and the travelling accumulators. FLOPs 8·b·N·d: one product per block in the first
+  their arguments 4·b²·a (plus a b x b copy in s when a != s), accumulators 2·b·d·a, per direction
+  the visiting and next block with its log-sum-exps and the travelling accumulators. FLOPs 8·b·N·d: one product per block in the first
   pass, three in the second.
 """
 from __future__ import annotations
