@@ -120,3 +120,79 @@ def quiet_print_config():
         raise RuntimeError("jsonargparse._actions._ActionPrintConfig.skip_print_config is not where "
                            "siglip_lightning/_compat.py expects it; pin jsonargparse in pyproject.toml")
     return skip()
+
+
+# --- torch: the dry-run planner (siglip_lightning/plan/) -----------------------------------------
+
+def fake_tensor_mode() -> Any:
+    """A ``FakeTensorMode``: tensors with shapes, dtypes and devices but no storage, so the planner can
+    run a B/16's step without allocating it. Unlike torch's, an op whose tensors are all real runs for
+    real (a NaFlex batch's mask and patch-grid shapes, which the tower reads as Python numbers); an op
+    mixing real and fake tensors gives a fake one."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                yield from tensors(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from tensors(item)
+
+    class KeepsRealTensorsReal(FakeTensorMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            found = list(tensors([args, kwargs or {}]))
+            if found and not any(isinstance(t, FakeTensor) for t in found):
+                with unset_fake_temporarily():
+                    return func(*args, **(kwargs or {}))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    return KeepsRealTensorsReal(allow_non_fake_inputs=True)
+
+
+def dispatch_mode_class() -> type:
+    """``TorchDispatchMode``, the base of the planner's live-bytes tracker: it sees every aten op and the
+    storages it returns (no public equivalent; torch's own MemTracker builds on it)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode
+
+
+def cpu_attention_ops() -> tuple:
+    """The CPU kernels of ``scaled_dot_product_attention`` (forward, backward). ``FlopCounterMode`` counts
+    the CUDA kernels only, so the planner maps these two to the same formulas (plan/flops.py)."""
+    aten = torch.ops.aten
+    return aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def outside_fake_mode() -> Any:
+    """A context in which tensors are real again (inside the planner's fake mode): a NaFlex batch's mask
+    and patch-grid shapes, which the tower reads as Python numbers."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()
+
+
+class _GlobalOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: every FLOP counts toward "Global" only."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def count_flops_globally(counter: Any) -> Any:
+    """``counter`` (a ``FlopCounterMode``) without its per-module breakdown. Its module tracker hooks the
+    inputs of every module, and fails on a tensor that requires grad without a grad_fn, which a
+    parameter's view made under ``no_grad`` is (the MAP head's probe in gradient caching's first pass);
+    ``get_total_flops`` only needs the "Global" count."""
+    if not hasattr(counter, "mod_tracker"):
+        raise _moved("torch.utils.flop_counter.FlopCounterMode.mod_tracker")
+    counter.mod_tracker = _GlobalOnly()
+    return counter

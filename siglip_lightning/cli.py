@@ -153,6 +153,7 @@ EXTRA_COMMANDS = {
     "make-data": "siglip_lightning.commands.make_data",
     "experiments": "siglip_lightning.commands.experiments",
     "wise-ft": "siglip_lightning.commands.wise_ft",
+    "plan": "siglip_lightning.commands.plan",
 }
 
 
