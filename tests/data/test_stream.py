@@ -299,3 +299,38 @@ def test_lazy_random_draws_what_random_random_of_its_seed_draws():
         expected = list(range(20))
         plain.shuffle(expected)
         assert items == expected
+
+
+def test_cached_embedding_captions_are_tokenized_in_chunks_with_the_ids_of_one_call_each(tmp_path):
+    """The SigLiT fast path: captions of consecutive embedding samples share one tokenizer call; every
+    sample still gets the ids of its own caption, in stream order, with bad samples between them."""
+    import datasets
+
+    from siglip_lightning.data import stream as stream_module
+
+    rng = np.random.default_rng(0)
+    n = 150
+    texts = [f"A {rng.choice(['red', 'blue'])} Shape, no. {i}!" if i % 17 else "" for i in range(n)]  # "" is bad
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    table = {"embedding": rng.standard_normal((n, 4)).astype(np.float32).tolist(), "text": texts, "id": list(range(n))}
+    datasets.Dataset.from_dict(table).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    calls = []
+
+    def counting_tokenizer(batch):
+        calls.append(len(batch))
+        return fake_tokenizer(batch)
+
+    source = open_splits(str(folder))["train"]
+    stream = PairStream(source, "embedding", "text", ImageTransform(8), counting_tokenizer, id_column="id",
+                        shuffle_buffer=32, seed=3)
+    samples = list(stream)
+    assert all(isinstance(s["text"], torch.Tensor) for s in samples)
+    for s in samples:
+        torch.testing.assert_close(s["text"], fake_tokenizer([texts[s["id"]]])[0], rtol=0, atol=0)
+        torch.testing.assert_close(s["image"], torch.tensor(table["embedding"][s["id"]]), rtol=0, atol=0)
+    assert sorted(s["id"] for s in samples) == [i for i in range(n) if i % 17]
+    positions = [s["_pos"][1] for s in samples]
+    assert positions == sorted(positions) and [s["_order"][3] for s in samples] == list(range(len(samples)))
+    assert sum(s["skipped"].get("caption_empty", 0) for s in samples) == len([i for i in range(n) if i % 17 == 0])
+    assert sum(calls) == len(samples) and len(calls) == -(-len(samples) // getattr(stream_module, "_TOKENIZE_EVERY", 64))
