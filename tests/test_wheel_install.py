@@ -120,6 +120,15 @@ def test_experiments_resolves_the_packaged_study_and_its_base(installed):
     assert "siglip_lightning/configs/experiments/siglit/text_tower.yaml" in result.stdout  # base: from the wheel
 
 
+def test_experiment_modules_read_the_wheels_configs(installed):
+    """The sweeps' built-in preparation and the study scripts take their fit configs from the package."""
+    code = ("from siglip_lightning.experiments import siglit, forgetting, overhead, naflex_compare; "
+            "print(siglit.SiglitSetup().tower_config); print(overhead.BASE)")
+    out = subprocess.run([str(installed.venv / "bin" / "python"), "-c", code], cwd=installed.work, env=installed.env,
+                         check=True, capture_output=True, text=True).stdout.split()
+    assert len(out) == 2 and all(Path(p).is_file() and Path(p).is_relative_to(installed.venv) for p in out), out
+
+
 def test_configs_command_copies_what_a_user_edits(installed):
     listed = installed.run(["configs"]).stdout.split()
     assert "configs/quickstart.yaml" in listed and "configs/strategies/ddp.yaml" in listed
