@@ -12,6 +12,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from siglip_lightning._compat import quiet_print_config
+from siglip_lightning.config_files import resolve_args
 from siglip_lightning.data.datamodule import ImageTextDataModule
 from siglip_lightning.errors import TrainingAbortedError, UserInputError
 from siglip_lightning.checkpointing import NonFiniteGuard, RNGStateCallback, install_atomic_io
@@ -154,6 +155,7 @@ EXTRA_COMMANDS = {
     "experiments": "siglip_lightning.commands.experiments",
     "wise-ft": "siglip_lightning.commands.wise_ft",
     "plan": "siglip_lightning.commands.plan",
+    "configs": "siglip_lightning.commands.configs",
 }
 
 
@@ -167,11 +169,17 @@ def main(args: Optional[List[str]] = None) -> None:
     """Console script entry point. Returns None: a returned CLI object would make the exit code 1."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
+        # `--config configs/...` as in the README works from any directory: the packaged file when absent here
+        argv = resolve_args(argv)
         extra = _extra_command(argv)
         if extra is not None:
             extra(argv[1:])
             return
-        cli_main(args)
+        if args is None:
+            sys.argv[1:] = argv  # LightningCLI reads sys.argv (given args while sys.argv has some, it warns)
+            cli_main(None)
+        else:
+            cli_main(argv)
     except UserInputError as err:
         print(f"siglip-lightning: error: {err}", file=sys.stderr)
         sys.exit(2)

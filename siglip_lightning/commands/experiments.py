@@ -59,6 +59,16 @@ def run_sweep(config: dict, out: Path, workers: Optional[int] = None, progress: 
     return out
 
 
+def print_cells(config: dict) -> None:
+    """What the sweep would run: its base configs, then one line per cell."""
+    from siglip_lightning.experiments.sweep import expand
+
+    cells = expand(config)
+    print(f"sweep {config['name']}: {len(cells)} cells over base " + " ".join(config["base"]))
+    for cell in cells:
+        print(f"  {cell.name}: global_batch={cell.global_batch} steps={cell.steps}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = ArgumentParser(prog="siglip-lightning experiments", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Optional[str], default=None,
@@ -70,6 +80,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--out", type=Optional[str], default=None,
                         help="sweep folder (default runs/<name>[_quick]); the same folder restarts the sweep")
     parser.add_argument("--workers", type=Optional[int], default=None, help="cells run at once (processes)")
+    parser.add_argument("--list", action=ActionYesNo, default=False,
+                        help="print the base configs and the cells (global batch, steps), run nothing")
     parser.add_argument("--report", type=Optional[str], default=None,
                         help="only rewrite summary.md and plot.png of this sweep folder")
     args = parser.parse_args(argv)
@@ -85,6 +97,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         base = args.base.replace(",", " ").split() if args.base else None
         config = load_sweep(args.config, quick=args.quick, base=base)
         name = config["name"] + ("_quick" if args.quick else "")
+        if args.list:
+            print_cells(config)
+            return
         out = Path(args.out) if args.out else Path("runs") / name
         folder = run_sweep(config, out, workers=args.workers)
     except UserInputError as err:

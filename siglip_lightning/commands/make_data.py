@@ -1,6 +1,6 @@
 """``siglip-lightning make-data``: write the built-in shapes dataset (parquet) to a folder.
 
-    siglip-lightning make-data --out data/shapes --num_train 20000 --max_objects 1
+    siglip-lightning make-data --out data/shapes --spec.num_train 20000 --spec.max_objects 1
 
 ``fit`` makes it on first use under the cache folder; this command is for looking at it, or for
 sharing one copy between machines (then ``--data.path data/shapes/pairs``).
@@ -19,5 +19,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--out", type=str, required=True, help="folder to write")
     parser.add_class_arguments(ShapesSpec, "spec", as_group=False)
     args = parser.parse_args(argv)
-    spec = parser.instantiate_classes(args).spec
+    # built by hand: jsonargparse does not instantiate a class added with as_group=False (a Namespace comes back)
+    spec = ShapesSpec(**args.spec.as_dict())
     print(write_shapes_dataset(spec, args.out))

@@ -84,12 +84,17 @@ def _run_checkpoint(folder: Path) -> Optional[Path]:
     """The checkpoint of a run folder: ``last.ckpt`` of the newest log folder, else its newest ``.ckpt``."""
     configs = sorted(folder.rglob("config.yaml"), key=lambda p: p.stat().st_mtime)
     for config in reversed(configs):
-        ckpts = sorted((config.parent / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        last = config.parent / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            return last
-        if ckpts:
-            return ckpts[-1]
+        # checkpoints/ beside config.yaml, or above it: configs/quickstart.yaml writes
+        # runs/quickstart/checkpoints/ and the config under the logger's runs/quickstart/tb/version_N/
+        for where in [config.parent, *config.parent.parents]:
+            ckpts = sorted((where / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+            last = where / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                return last
+            if ckpts:
+                return ckpts[-1]
+            if where == folder:
+                break
     return None
 
 

@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[2]
+from siglip_lightning.config_files import packaged
+
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 VARIANTS = {"plain": [], "layer_decay_0.5": ["--model.layer_decay=0.5"],
             "freeze_first_block": ["--model.image_tower_frozen_blocks=1", "--model.text_tower_frozen_blocks=1"]}
@@ -84,9 +85,11 @@ def eval_config(out: Path, paths: dict, templates: List[str]) -> Path:
 
 
 def run(args: List[str], log: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # the children import this same package (a clone's or the installed one); they run where we run
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
     with open(log, "w") as f:
-        result = subprocess.run([sys.executable, "-m", "siglip_lightning", *args], cwd=REPO, env=env, stdout=f,
+        result = subprocess.run([sys.executable, "-m", "siglip_lightning", *args], env=env, stdout=f,
                                 stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise SystemExit(f"failed ({result.returncode}): siglip-lightning {' '.join(args)}; see {log}")
@@ -116,7 +119,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     paths, templates = write_halves(out, vocab_size=512)
     evals = eval_config(out, paths, templates)
-    common = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(evals),
+    common = ["--config", str(packaged("quickstart.yaml")), "--config", str(evals),
               f"--data.tokenizer_path={paths['tokenizer']}", "--trainer.enable_progress_bar=false",
               "--trainer.limit_val_batches=2", "--data.num_workers=0", f"--data.batch_size={args.batch_size}"]
     results = out / "results.csv"

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[2]
+from siglip_lightning.config_files import packaged
+
 FIELDS = ["arm", "seed", "zeroshot_top1", "r1_i2t", "r1_t2i", "r1_mean", "seconds"]
 
 
 def run_args(arm: str, seed: int, steps: int, batch: int, budget: int, patch: int, data: Dict, root: Path) -> List[str]:
     side = int(math.isqrt(budget)) * patch
-    args = ["fit", f"--config={REPO / 'configs' / 'naflex.yaml'}", f"--seed_everything={seed}",
+    args = ["fit", f"--config={packaged('naflex.yaml')}", f"--seed_everything={seed}",
             f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=1",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}", "--trainer.callbacks=[]",

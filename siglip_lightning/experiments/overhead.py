@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-BASE = REPO / "configs" / "experiments" / "siglit" / "text_tower.yaml"
+from siglip_lightning.config_files import packaged
+
+BASE = packaged("experiments/siglit/text_tower.yaml")
 
 
 def plain_loop(cache: Path, batch: int, steps: int, warmup: int, streamed: bool = False) -> float:

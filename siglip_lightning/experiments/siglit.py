@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
+from siglip_lightning.config_files import configs_root
 from siglip_lightning.data.synthetic import default_data_root
 from siglip_lightning.errors import UserInputError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "siglit"
+CONFIGS = configs_root() / "experiments" / "siglit"  # packaged: the wheel's copy or the checkout's configs/
 
 
 @dataclass

@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from siglip_lightning.config_files import resolve
 from siglip_lightning.errors import UserInputError
 
 TOP_KEYS = {"name", "description", "base", "set", "axes", "exclude", "examples", "lr", "warmup_fraction", "prepare",
@@ -68,7 +69,7 @@ class Cell:
 
 def load_sweep(path: os.PathLike, quick: bool = False, base: Optional[List[str]] = None) -> dict:
     """Read a sweep config; ``quick`` applies its ``quick`` part; ``base`` replaces its base configs."""
-    path = Path(path)
+    path = Path(resolve(str(path)))
     if not path.is_file():
         raise UserInputError(f"sweep config not found: {path}")
     config = yaml.safe_load(path.read_text()) or {}
@@ -90,7 +91,8 @@ def load_sweep(path: os.PathLike, quick: bool = False, base: Optional[List[str]]
         raise UserInputError(f"{path}: 'axes' must map axis names to values")
     if not config.get("base"):
         raise UserInputError(f"{path}: give 'base': the fit config(s) every cell starts from")
-    config["base"] = [str(b) for b in (config["base"] if isinstance(config["base"], list) else [config["base"]])]
+    # `base: [configs/...]` names the packaged configs: found from any directory (a file here wins)
+    config["base"] = [resolve(str(b)) for b in (config["base"] if isinstance(config["base"], list) else [config["base"]])]
     for b in config["base"]:
         if not Path(b).is_file():
             raise UserInputError(f"{path}: base config not found: {b}")

@@ -232,3 +232,17 @@ def test_a_siglip_folder_without_its_tokenizer_files_is_refused(models, tmp_path
         (folder / name).unlink(missing_ok=True)
     line = _error_line(capsys, ["--model", str(folder), "--suite", str(write_suite(tmp_path / "s.yaml"))])
     assert "has no tokenizer (spiece.model, tokenizer.json)" in line
+
+
+def test_a_run_folder_with_the_config_below_its_checkpoints_is_found(tmp_path):
+    """configs/quickstart.yaml's layout: runs/quickstart/checkpoints/ and runs/quickstart/tb/version_0/config.yaml."""
+    from siglip_lightning.eval.models import _run_checkpoint
+
+    run = tmp_path / "quickstart"
+    (run / "tb" / "version_0").mkdir(parents=True)
+    (run / "tb" / "version_0" / "config.yaml").write_text("model: {}\n")
+    assert _run_checkpoint(run) is None
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert _run_checkpoint(run) == run / "checkpoints" / "last.ckpt"
+    assert _run_checkpoint(run / "tb") is None  # never above the folder asked for
