@@ -66,6 +66,15 @@ def paired_differences(frame: pd.DataFrame, config: dict, metric: str = "r1_mean
     return out
 
 
+def axis_rank(config: dict, key: str, value) -> tuple:
+    """Sort key of an axis value: named levels (``objectives: {sigmoid: ..., locca: ...}``) in the config's
+    order (the baseline arm first, as written), numbers before other strings, each in natural order."""
+    levels = (config.get("axes") or {}).get(key)
+    if isinstance(levels, dict) and "keys" not in levels and value in levels:
+        return (0, list(levels).index(value), "")
+    return (1 + isinstance(value, str), value if not isinstance(value, str) else 0, str(value))
+
+
 def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str], paired: Optional[dict] = None) -> str:
     """Rows: (panel, x); columns: each series' metrics as mean ± std; a sigmoid − softmax gap if both."""
     plot = config.get("report", {})
@@ -81,13 +90,18 @@ def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str], pair
     header.append("seeds")
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     row_keys = ([panel] if panel else []) + [x]
-    for values, block in summary.groupby(row_keys, sort=True, dropna=False):
+    groups = sorted(summary.groupby(row_keys, sort=True, dropna=False),
+                    key=lambda item: tuple(axis_rank(config, k, v) for k, v in
+                                           zip(row_keys, item[0] if isinstance(item[0], tuple) else (item[0],))))
+    for values, block in groups:
         values = values if isinstance(values, tuple) else (values,)
         by = block.set_index(series)
         cells = [str(v) for v in values]
         for m in metrics:
             for s in names:
-                cells.append(f"{by.loc[s, m + '_mean']:.1f} ± {by.loc[s, m + '_std']:.1f}" if s in by.index else "–")
+                # an arm without the metric (no decoder: no referring_acc) shows "–", not "nan"
+                has = s in by.index and pd.notna(by.loc[s, m + "_mean"])
+                cells.append(f"{by.loc[s, m + '_mean']:.1f} ± {by.loc[s, m + '_std']:.1f}" if has else "–")
         if gap:
             for m in metrics:
                 if {"sigmoid", "softmax"} <= set(by.index):
@@ -128,7 +142,7 @@ def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathL
     panels = list(dict.fromkeys(summary[panel])) if panel else [None]
     fig, axes = plt.subplots(len(metrics), len(panels), figsize=(max(6.0, 4.2 * len(panels)), 3.3 * len(metrics)),
                              squeeze=False)
-    xs_all = sorted(set(summary[x]), key=lambda v: (isinstance(v, str), v))
+    xs_all = sorted(set(summary[x]), key=lambda v: axis_rank(config, x, v))
     categorical = any(isinstance(v, str) for v in xs_all)
     for col, value in enumerate(panels):
         part = summary if panel is None else summary[summary[panel] == value]
