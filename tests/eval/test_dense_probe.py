@@ -73,3 +73,12 @@ def test_callback_runs_on_a_random_tower():
     assert metrics["colour_majority"] == metrics["shape_majority"] > 0.4  # both: background
     # a random tower still passes the pixels through linearly enough to beat "always background"
     assert metrics["colour"] > metrics["colour_majority"]
+
+
+def test_probe_fits_under_inference_mode_as_in_validate():
+    gen = torch.Generator().manual_seed(1)
+    with torch.inference_mode():  # `siglip-lightning validate` runs the callbacks so
+        labels = torch.randint(0, 3, (600,), generator=gen)
+        features = torch.randn(3, 8, generator=gen)[labels] + 0.1 * torch.randn(600, 8, generator=gen)
+        result = probe_accuracy(features[:400], labels[:400], features[400:], labels[400:], 3, steps=30)
+    assert result["acc"] > 0.95
