@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,12 +34,14 @@ class SceneObject:
     cy: float
 
 
-def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, height: Optional[int] = None) -> None:
-    """Draw ``obj`` on a ``side`` (wide) x ``height`` (default ``side``) canvas; sizes follow the short side."""
+def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, height: Optional[int] = None,
+                fill: Any = None) -> None:
+    """Draw ``obj`` on a ``side`` (wide) x ``height`` (default ``side``) canvas; sizes follow the short side.
+    ``fill`` overrides the colour (a label mask draws each object with its own index, data/probe_scenes.py)."""
     height = side if height is None else height
     r = SIZES[obj.size] * min(side, height)
     cx, cy = obj.cx * side, obj.cy * height
-    fill = COLORS[obj.color]
+    fill = COLORS[obj.color] if fill is None else fill
     box = [cx - r, cy - r, cx + r, cy + r]
     if obj.shape == "circle":
         draw.ellipse(box, fill=fill)

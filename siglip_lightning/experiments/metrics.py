@@ -29,7 +29,8 @@ def last_values(path: Path) -> Dict[str, float]:
 
 
 def final_metrics(folder: Path) -> Dict[str, float]:
-    """Report columns of one run folder: r1_i2t / r1_t2i / r1_mean (%), zeroshot_top1 (%), final_t / final_b."""
+    """Report columns of one run folder: r1_i2t / r1_t2i / r1_mean (%), zeroshot_top1 (%), referring_acc,
+    spatial_* and dense_* (%, when those evaluations ran), final_t / final_b."""
     logged = last_values(Path(folder) / "metrics.csv")
     out: Dict[str, float] = {}
     i2t = next((v for k, v in logged.items() if k.startswith("retrieval/") and k.endswith("/image_to_text_R@1")
@@ -43,6 +44,13 @@ def final_metrics(folder: Path) -> Dict[str, float]:
         out["zeroshot_top1"] = round(100 * top1, 2)
     if "val/referring_acc" in logged:  # LocCa's referring expressions (SigLIP 2 study)
         out["referring_acc"] = round(100 * logged["val/referring_acc"], 2)
+    for prefix, keys in (("spatial", ("all", "relation", "colour")),  # the SigLIP 2 study's probes (eval/spatial.py,
+                         ("dense", ("colour", "shape", "colour_majority", "shape_majority"))):  # eval/dense_probe.py)
+        for key in keys:
+            value = next((v for k, v in logged.items() if k.startswith(prefix + "/") and k.endswith("/" + key)
+                          and k.count("/") == 2), None)
+            if value is not None:
+                out[f"{prefix}_{key}"] = round(100 * value, 2)
     if "train/t" in logged:
         out["final_t"] = round(logged["train/t"], 3)
     if "train/b" in logged:

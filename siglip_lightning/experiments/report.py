@@ -13,6 +13,8 @@ from typing import List, Optional
 import pandas as pd
 import yaml
 
+from siglip_lightning.experiments.paired import paired_markdown, paired_vs_baseline
+
 PLOT_METRICS = ["r1_mean", "zeroshot_top1"]
 LABELS = {"r1_mean": "retrieval R@1, % (mean of i→t and t→i)", "zeroshot_top1": "zero-shot top-1, %",
           "r1_i2t": "R@1 image→text, %", "r1_t2i": "R@1 text→image, %"}
@@ -64,12 +66,22 @@ def paired_differences(frame: pd.DataFrame, config: dict, metric: str = "r1_mean
     return out
 
 
+def axis_rank(config: dict, key: str, value) -> tuple:
+    """Sort key of an axis value: named levels (``objectives: {sigmoid: ..., locca: ...}``) in the config's
+    order (the baseline arm first, as written), numbers before other strings, each in natural order."""
+    levels = (config.get("axes") or {}).get(key)
+    if isinstance(levels, dict) and "keys" not in levels and value in levels:
+        return (0, list(levels).index(value), "")
+    return (1 + isinstance(value, str), value if not isinstance(value, str) else 0, str(value))
+
+
 def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str], paired: Optional[dict] = None) -> str:
     """Rows: (panel, x); columns: each series' metrics as mean ± std; a sigmoid − softmax gap if both."""
     plot = config.get("report", {})
     x, series, panel = plot["x"], plot["series"], plot.get("panel")
     names = list(dict.fromkeys(summary[series]))
-    header = ([panel] if panel else []) + [x] + [f"{m} {s}" for m in metrics for s in names]
+    single = len(names) == 1  # one series (the SigLIP 2 study's one batch size): columns are the metrics
+    header = ([panel] if panel else []) + [x] + [m if single else f"{m} {s}" for m in metrics for s in names]
     gap = {"sigmoid", "softmax"} <= set(names)
     if gap:
         header += [f"{m} sigmoid − softmax" for m in metrics]
@@ -78,13 +90,18 @@ def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str], pair
     header.append("seeds")
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     row_keys = ([panel] if panel else []) + [x]
-    for values, block in summary.groupby(row_keys, sort=True, dropna=False):
+    groups = sorted(summary.groupby(row_keys, sort=True, dropna=False),
+                    key=lambda item: tuple(axis_rank(config, k, v) for k, v in
+                                           zip(row_keys, item[0] if isinstance(item[0], tuple) else (item[0],))))
+    for values, block in groups:
         values = values if isinstance(values, tuple) else (values,)
         by = block.set_index(series)
         cells = [str(v) for v in values]
         for m in metrics:
             for s in names:
-                cells.append(f"{by.loc[s, m + '_mean']:.1f} ± {by.loc[s, m + '_std']:.1f}" if s in by.index else "–")
+                # an arm without the metric (no decoder: no referring_acc) shows "–", not "nan"
+                has = s in by.index and pd.notna(by.loc[s, m + "_mean"])
+                cells.append(f"{by.loc[s, m + '_mean']:.1f} ± {by.loc[s, m + '_std']:.1f}" if has else "–")
         if gap:
             for m in metrics:
                 if {"sigmoid", "softmax"} <= set(by.index):
@@ -96,6 +113,20 @@ def markdown_table(summary: pd.DataFrame, config: dict, metrics: List[str], pair
         cells.append(str(int(by["n"].min())))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def chance_level(spec: dict, metric: str, summary: pd.DataFrame) -> Optional[float]:
+    """``report.chance``: a number (zero-shot's chance), or ``{metric: number or another column}`` (e.g. the
+    dense probe's majority-class baseline, averaged over the cells)."""
+    chance = spec.get("chance")
+    if chance is None:
+        return None
+    if not isinstance(chance, dict):
+        return chance if metric == "zeroshot_top1" else None
+    level = chance.get(metric)
+    if isinstance(level, str):
+        return float(summary[level + "_mean"].mean()) if level + "_mean" in summary else None
+    return level
 
 
 def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathLike,
@@ -111,7 +142,7 @@ def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathL
     panels = list(dict.fromkeys(summary[panel])) if panel else [None]
     fig, axes = plt.subplots(len(metrics), len(panels), figsize=(max(6.0, 4.2 * len(panels)), 3.3 * len(metrics)),
                              squeeze=False)
-    xs_all = sorted(set(summary[x]), key=lambda v: (isinstance(v, str), v))
+    xs_all = sorted(set(summary[x]), key=lambda v: axis_rank(config, x, v))
     categorical = any(isinstance(v, str) for v in xs_all)
     for col, value in enumerate(panels):
         part = summary if panel is None else summary[summary[panel] == value]
@@ -126,8 +157,9 @@ def plot(summary: pd.DataFrame, config: dict, metrics: List[str], path: os.PathL
                 ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
             elif spec.get("logx"):
                 ax.set_xscale("log", base=2)
-            if "chance" in spec and metric == "zeroshot_top1":
-                ax.axhline(spec["chance"], color="grey", lw=0.8, ls=":", label="chance")
+            level = chance_level(spec, metric, summary)
+            if level is not None:
+                ax.axhline(level, color="grey", lw=0.8, ls=":", label="chance / majority")
             ax.set_xlabel(x)
             ax.set_ylabel(LABELS.get(metric, metric))
             if panel:
@@ -155,13 +187,22 @@ def write_report(folder: os.PathLike, config: Optional[dict] = None) -> Path:
     config = config or {}
     if "report" not in config and "plot" in config:  # results folders written before the runner
         config = {**config, "report": config["plot"]}
-    metrics = [m for m in ("r1_mean", "r1_i2t", "r1_t2i", "zeroshot_top1", "final_t", "final_b", "steps", "seconds")
-               if m in frame]
-    frame = share_baseline(frame, config.get("report", {}).get("panel"))
+    spec = config.get("report", {})
+    shown = [m for m in spec.get("metrics", PLOT_METRICS) if m in frame]  # table and plot columns
+    chance = spec.get("chance") if isinstance(spec.get("chance"), dict) else {}
+    metrics = list(dict.fromkeys(
+        [m for m in ("r1_mean", "r1_i2t", "r1_t2i", "zeroshot_top1") if m in frame] + shown
+        + [c for c in chance.values() if isinstance(c, str) and c in frame]
+        + [m for m in ("final_t", "final_b", "steps", "seconds") if m in frame]))
+    frame = share_baseline(frame, spec.get("panel"))
     summary = summarise(frame, _keys(config), metrics)
     summary.to_csv(folder / "summary.csv", index=False)
-    shown = [m for m in PLOT_METRICS if m in frame]
     table = markdown_table(summary, config, shown, paired_differences(frame, config))
+    if "baseline" in spec:  # every arm minus the baseline arm, seed by seed (paired.py)
+        column, value = spec["baseline"]["column"], spec["baseline"]["value"]
+        pairs = paired_vs_baseline(frame, column, value, shown, _keys(config))
+        table += f"\nPer-seed paired differences (percentage points), each arm minus {value}:\n\n"
+        table += paired_markdown(pairs, value)
     note = "QUICK run (smoke-sized; not the documented result)\n\n" if config.get("quick") else ""
     paper = config.get("report", {}).get("paper")
     paper = f"\n{paper.strip()}\n" if paper else ""

@@ -171,3 +171,40 @@ def test_write_report_makes_table_and_plot(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "Paper: numbers." in text and "per-seed r1_mean" in text
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_paired_differences_against_a_baseline_arm_per_seed(tmp_path):
+    from siglip_lightning.experiments.paired import paired_vs_baseline
+
+    rows = [{"global_batch": 128, "objectives": arm, "seed": seed, "spatial_all": value + seed,
+             "dense_colour": 50.0, "dense_colour_majority": 40.0}
+            for arm, value in (("sigmoid", 30.0), ("locca", 35.0), ("all", 29.0)) for seed in (0, 1, 2)]
+    rows[4]["spatial_all"] = 30.0  # locca, seed 1: 30 − 31 = −1
+    for row in rows[3:6]:
+        row["referring_acc"] = 20.0  # only the decoder arm has it
+    frame = pd.DataFrame(rows)
+    paired = paired_vs_baseline(frame, "objectives", "sigmoid", ["spatial_all"], ["objectives", "global_batch"])
+    assert paired == {("locca", "spatial_all"): [(0, 5.0), (1, -1.0), (2, 5.0)],
+                      ("all", "spatial_all"): [(0, -1.0), (1, -1.0), (2, -1.0)]}
+    frame.to_csv(tmp_path / "results.csv", index=False)
+    config = {"name": "t", "report": {"x": "objectives", "series": "global_batch",
+                                      "metrics": ["spatial_all", "dense_colour", "referring_acc"],
+                                      "baseline": {"column": "objectives", "value": "sigmoid"},
+                                      "chance": {"spatial_all": 33.3, "dense_colour": "dense_colour_majority"}}}
+    write_report(tmp_path, config)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| locca | spatial_all | +5.0 | -1.0 | +5.0 | +3.0 | 2/3 |" in text
+    assert "| all | spatial_all | -1.0 | -1.0 | -1.0 | -1.0 | 0/3 |" in text
+    assert "| sigmoid | 31.0 ± 1.0 | 50.0 ± 0.0 | – | 3 |" in text  # one series: the columns are the metrics
+    assert "| locca | 34.0 ± 3.6 | 50.0 ± 0.0 | 20.0 ± 0.0 | 3 |" in text
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_final_metrics_reads_the_spatial_and_dense_probes(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "step,spatial/builtin/all,spatial/builtin/relation,dense/builtin/colour,dense/builtin/colour_majority\n"
+        "10,0.25,0.5,,\n20,0.5,0.625,0.75,0.6\n")
+    out = final_metrics(tmp_path)
+    assert out["spatial_all"] == 50.0 and out["spatial_relation"] == 62.5
+    assert out["dense_colour"] == 75.0 and out["dense_colour_majority"] == 60.0
+    assert "spatial_colour" not in out and "dense_shape" not in out
