@@ -70,6 +70,12 @@ def summarise(plan: DevicePlan, module, device: Optional[Device], mfu: float, re
         "activations (peak)": plan.activations, "loss memory": plan.loss.bytes, "planned peak": plan.peak,
         "flops_per_step": plan.flops,
     }
+    objectives = [type(o).__name__ for o in getattr(module, "objectives", None) or []]
+    if objectives:
+        # the traced step is compute_loss (the contrastive loss); an objective's forward draws tasks, crops
+        # and masks that fake tensors cannot decide, so only its parameters and optimizer state are planned
+        out["not_planned"] = (f"activations and FLOPs of model.objectives ({', '.join(objectives)}): their "
+                              "parameters, optimizer state and the EMA teacher are counted, their forward is not")
     if device is not None:
         if device.memory_bytes:
             budget = device.memory_bytes - reserve * GIB
@@ -94,6 +100,8 @@ def _table(summary: Dict[str, Any]) -> str:
              f"{summary['loss_memory_from']})", "", "| per device | MiB |", "|---|---|"]
     lines += [f"| {key} | {summary[key] / 2**20:.1f} |" for key in memory if key in summary]
     lines.append(f"| FLOPs per step (forward + backward) | {summary['flops_per_step']:.4g} |")
+    if "not_planned" in summary:
+        lines += ["", f"not planned: {summary['not_planned']}"]
     if "device" in summary:
         lines += ["", f"on {summary['device']} ({summary['device_peak_tflops']:g} TFLOP/s, "
                       f"{summary['device_memory_gib']:.1f} GiB, {summary['reserve_gib']:g} GiB kept back), "
