@@ -16,27 +16,19 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 
-from siglip_lightning.data.decode import decode_image
 from siglip_lightning.data.probe_scenes import dense_scene, patch_labels
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval.base import EvalCallback, EvalContext
 from siglip_lightning.eval.linear_probe import probe_accuracy
-from siglip_lightning.eval.spatial import builtin_spec
+from siglip_lightning.eval.spatial import builtin_spec, image_batches
 
 
 @torch.no_grad()
 def patch_tokens(module: LightningModule, context: EvalContext, pngs, batch_size: int) -> torch.Tensor:
     """``[n, grid^2, width]``: the image tower's final tokens without its prefix (class) token, un-pooled."""
     tower = module.image_tower
-    out = []
-    for start in range(0, len(pngs), batch_size):
-        images = torch.stack([context.transform(decode_image(p)) for p in pngs[start:start + batch_size]])
-        images = images.to(module.device)
-        if context.precision is not None:
-            images = context.precision.convert_input(images)
-        tokens, _ = tower.forward_tokens(images)
-        out.append(tokens[:, tower.num_prefix_tokens:].float().cpu())
-    return torch.cat(out)
+    return torch.cat([tower.forward_tokens(images)[0][:, tower.num_prefix_tokens:].float().cpu()
+                      for images in image_batches(module, context, pngs, batch_size)])
 
 
 class DenseProbe(EvalCallback):

@@ -17,6 +17,7 @@ from siglip_lightning.data.decode import decode_image
 from siglip_lightning.data.probe_scenes import relation_scene
 from siglip_lightning.errors import UserInputError
 from siglip_lightning.eval.base import EvalCallback, EvalContext
+from siglip_lightning.eval.loading import embed_owned_texts
 
 NEGATIVE_KINDS = ("relation", "colour")
 
@@ -36,22 +37,18 @@ def builtin_spec(context: EvalContext, where: str):
     return spec
 
 
-@torch.no_grad()
-def embed_images(module: LightningModule, context: EvalContext, pngs: List[bytes], batch_size: int) -> torch.Tensor:
-    out = []
+def image_batches(module: LightningModule, context: EvalContext, pngs: List[bytes], batch_size: int):
+    """The evaluation transform's tensors of ``pngs``, ``batch_size`` at a time, on the module's device and
+    in its precision (what the spatial test and the dense probe feed the image tower)."""
     for start in range(0, len(pngs), batch_size):
         images = torch.stack([context.transform(decode_image(p)) for p in pngs[start:start + batch_size]])
         images = images.to(module.device)
-        if context.precision is not None:
-            images = context.precision.convert_input(images)
-        out.append(module.encode_image(images).float())
-    return torch.cat(out)
+        yield context.precision.convert_input(images) if context.precision is not None else images
 
 
 @torch.no_grad()
-def embed_texts(module: LightningModule, context: EvalContext, texts: List[str], batch_size: int) -> torch.Tensor:
-    return torch.cat([module.encode_text(context.tokenizer(texts[s:s + batch_size]).to(module.device)).float()
-                      for s in range(0, len(texts), batch_size)])
+def embed_images(module: LightningModule, context: EvalContext, pngs: List[bytes], batch_size: int) -> torch.Tensor:
+    return torch.cat([module.encode_image(images).float() for images in image_batches(module, context, pngs, batch_size)])
 
 
 class SpatialHardNegatives(EvalCallback):
@@ -77,7 +74,7 @@ class SpatialHardNegatives(EvalCallback):
         scenes = [relation_scene(spec, i) for i in range(self.num_images)]
         images = embed_images(module, context, [s.image for s in scenes], self.batch_size)
         texts = [text for s in scenes for text in (s.caption, *(s.negatives[k] for k in NEGATIVE_KINDS))]
-        captions = embed_texts(module, context, texts, self.batch_size).view(len(scenes), 1 + len(NEGATIVE_KINDS), -1)
+        captions = embed_owned_texts(module, context.tokenizer, texts, 0, 1, self.batch_size)[1].view(len(scenes), 1 + len(NEGATIVE_KINDS), -1)
         metrics = {"all": hard_negative_accuracy(images, captions)}
         for number, kind in enumerate(NEGATIVE_KINDS, start=1):
             metrics[kind] = hard_negative_accuracy(images, captions[:, [0, number]])
