@@ -90,7 +90,7 @@ def siglip_settings(folder: Path, config: dict) -> Settings:
     return {
         **FAMILIES["siglip"].towers(path=str(folder)),
         "model.init_logit_scale": scale, "model.init_logit_bias": bias,
-        "data.tokenizer_type": FAMILIES["siglip"].tokenizer_type, "data.tokenizer_path": str(folder),
+        "data.tokenizer_type": "hf", "data.tokenizer_path": str(folder),
         "data.context_length": int(context),
         **hf_image_settings(folder),
     }
@@ -126,7 +126,7 @@ def open_clip_settings(folder: Path, config: dict) -> Settings:
     return {
         **FAMILIES["open_clip"].towers(model_name=name),
         "model.init_logit_scale": scale, "model.init_logit_bias": bias,
-        "data.tokenizer_type": FAMILIES["open_clip"].tokenizer_type, "data.tokenizer_path": name,
+        "data.tokenizer_type": "open_clip", "data.tokenizer_path": name,
         "data.context_length": int((model_cfg.get("text_cfg") or {}).get("context_length", 77)),
         "data.image_size": int(size), "data.image_mean": [float(x) for x in pre.get("mean", OPEN_CLIP_MEAN)],
         "data.image_std": [float(x) for x in pre.get("std", OPEN_CLIP_STD)], "data.image_resample": interpolation,
@@ -145,10 +145,9 @@ def siglip2_settings(folder: Path, config: dict) -> Settings:
 class Family:
     """One checkpoint family: how ``--pretrained`` reads it and what a run started from it holds."""
 
-    read: Callable[[Path, dict], Settings]  # the run settings of a folder (towers, t', b, tokenizer, images)
+    read: Callable[[Path, dict], Settings]  # the run settings of a folder (towers, t', b, its own tokenizer, images)
     image_tower: str  # public class names (``siglip_lightning.NAME``) of the towers built from the folder
     text_tower: str
-    tokenizer_type: str  # data.tokenizer_type of a fine-tune
     export_format: str  # ``export --format`` that writes the family back
 
     def towers(self, **init_args) -> Settings:
@@ -158,9 +157,9 @@ class Family:
 
 # model_type -> family. SigLIP 2 fixed-resolution releases are model_type "siglip" (SiglipModel).
 FAMILIES: Dict[str, Family] = {
-    "siglip": Family(siglip_settings, "HFVisionTower", "HFTextTower", "hf", "hf"),
-    "open_clip": Family(open_clip_settings, "OpenCLIPVisionTower", "OpenCLIPTextTower", "open_clip", "open_clip"),
-    "siglip2": Family(siglip2_settings, "HFSiglip2VisionTower", "HFSiglip2TextTower", "gemma", "hf"),
+    "siglip": Family(siglip_settings, "HFVisionTower", "HFTextTower", "hf"),
+    "open_clip": Family(open_clip_settings, "OpenCLIPVisionTower", "OpenCLIPTextTower", "open_clip"),
+    "siglip2": Family(siglip2_settings, "HFSiglip2VisionTower", "HFSiglip2TextTower", "hf"),
 }
 
 
